@@ -1,0 +1,129 @@
+"""SMTC clip throughput of the Ray Data pipeline vs the upstream-style loader and the decode ceiling.
+
+    pip install opencv-python-headless   # the baseline's decoder; the project itself does not need OpenCV
+    python bench/data_throughput.py [--videos 16 --frames 40 --height 480 --batches 12]
+
+Three numbers, measured in the same run on the same synthetic YouTube-VOS-layout frames:
+- pipeline: clips/s out of `raytrain.data.pipeline` (shards -> Ray Data -> torch batches), after warm-up;
+- baseline: a torch DataLoader over the JPEG folders reading the way upstream SMTC does (cv2.imread, BGR->RGB,
+  /255 as float, cv2.resize to 256x256), the same clip sampling, the same number of worker processes;
+- ceiling: one core decoding and resizing frames the pipeline's way (libjpeg-turbo at reduced scale + resize),
+  times the cores the pipeline uses, divided by frames per clip.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from raytrain.data import decode, sampling
+
+
+class UpstreamClips(torch.utils.data.Dataset):
+    """Upstream SMTC's training reader: a random video per item, cv2 decode of full frames, float resize."""
+
+    def __init__(self, jpeg_root: Path, num_frames: int, gap: int, size: int, length: int):
+        self.videos = sorted(p for p in jpeg_root.iterdir() if p.is_dir())
+        self.num_frames, self.gap, self.size, self.length = num_frames, gap, size, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        import cv2
+
+        rng = np.random.default_rng(i)
+        video = self.videos[int(rng.integers(len(self.videos)))]
+        frames = sorted(video.glob("*.jpg"))
+        idx = sampling.smtc_frames(len(frames), self.num_frames, self.gap, rng)
+        out = []
+        for k in idx:
+            rgb = cv2.cvtColor(cv2.imread(str(frames[k])), cv2.COLOR_BGR2RGB) / 255
+            out.append(cv2.resize(rgb, (self.size, self.size), interpolation=cv2.INTER_LINEAR).transpose(2, 0, 1))
+        return torch.from_numpy(np.stack(out))
+
+
+def bench_baseline(jpeg_root: Path, workers: int, batch: int, batches: int, size: int) -> float:
+    ds = UpstreamClips(jpeg_root, 4, 4, size, batch * (batches + 2))
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch, num_workers=workers, drop_last=True)
+    it = iter(loader)
+    next(it)  # warm-up: worker start
+    t = time.perf_counter()
+    n = sum(b.shape[0] for b, _ in zip(it, range(batches)))
+    return n / (time.perf_counter() - t)
+
+
+def bench_ceiling(jpeg_root: Path, size: int, cores: int, seconds: float = 3.0) -> float:
+    files = sorted(jpeg_root.glob("*/*.jpg"))[:64]
+    data = [f.read_bytes() for f in files]
+    n, t = 0, time.perf_counter()
+    while time.perf_counter() - t < seconds:
+        decode.smtc_frame(data[n % len(data)], size)
+        n += 1
+    return n / (time.perf_counter() - t) / 4 * cores
+
+
+def bench_pipeline(shards: str, batch: int, batches: int, size: int) -> float:
+    import ray
+
+    from raytrain.data.pipeline import clip_batches
+    from raytrain.data.plan import ClipSource, StreamConfig
+    from shards.pack import read_index
+
+    source = ClipSource.from_index(shards, read_index(shards))
+    cfg = StreamConfig(kind="smtc", seed=0, rank=0, world_size=1, batch_size=batch, steps=batches + 4,
+                       clips_per_video=8, num_frames=4, size=size, gap=4)
+    it = clip_batches(ray.put(source), cfg)
+    next(it)  # warm-up: task start-up and the first shard read
+    t = time.perf_counter()
+    n = sum(b["frames"].shape[0] for b, _ in zip(it, range(batches)))
+    return n / (time.perf_counter() - t)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--videos", type=int, default=16)
+    p.add_argument("--frames", type=int, default=40)
+    p.add_argument("--height", type=int, default=480)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--batches", type=int, default=12)
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--workdir", default="", help="reuse data generated here (default: a temp folder)")
+    a = p.parse_args()
+    try:
+        import cv2  # noqa: F401
+    except ImportError:
+        raise SystemExit("the baseline needs OpenCV: pip install opencv-python-headless")
+    import ray
+
+    from shards.pack import pack
+    from shards.synth import write_ytvos
+
+    cores = os.cpu_count() or 1
+    work = Path(a.workdir or tempfile.mkdtemp(prefix="raytrain-bench-"))
+    if not (work / "shards" / "index.parquet").exists():
+        write_ytvos(work / "videos", num_videos=a.videos, num_frames=a.frames, height=a.height, num_val=0)
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
+    if not (work / "shards" / "index.parquet").exists():
+        pack(str(work / "videos"), str(work / "shards"), layout="ytvos", split="train")
+    jpeg_root = work / "videos" / "train" / "JPEGImages"
+
+    pipeline = bench_pipeline(str(work / "shards"), a.batch, a.batches, a.size)
+    baseline = bench_baseline(jpeg_root, cores, a.batch, a.batches, a.size)
+    ceiling = bench_ceiling(jpeg_root, a.size, cores)
+    print(f"\nSMTC clips/s ({a.size}x{a.size}, 4 frames, {a.height}p JPEGs, {cores} cores, batch {a.batch})\n")
+    print("| loader | clips/s | pipeline / this |")
+    print("|---|---:|---:|")
+    for name, v in [("raytrain pipeline (Ray Data)", pipeline), ("upstream-style DataLoader (OpenCV)", baseline),
+                    ("ceiling: decode+resize x cores", ceiling)]:
+        print(f"| {name} | {v:.1f} | {pipeline / v:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

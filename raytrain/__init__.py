@@ -1,0 +1,1 @@
+"""raytrain: Ray-distributed training and evaluation of SMTC and STMAE."""

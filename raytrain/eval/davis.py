@@ -1,0 +1,298 @@
+"""DAVIS-2017 semi-supervised and unsupervised evaluation of a folder of predicted PNGs.
+
+Follows the official davis2017-evaluation toolkit (HEAD): the same frames, objects, void handling, matching,
+statistics and CSV files, computed with `raytrain.eval.metrics`.
+
+- Ground truth: `<gt_root>/Annotations/480p/<seq>/*.png` (semi-supervised) or
+  `<gt_root>/Annotations_unsupervised/480p/<seq>/*.png` (unsupervised), or any folder given as `annotations`.
+  Value 255 is void. The object count N is the largest id in the first GT frame; larger ids in later frames
+  count as background.
+- Semi-supervised: the first and last frames are not scored (their predictions are not read); void counts as
+  background; a predicted id above N is an error; objects never predicted score as empty masks.
+- Unsupervised: every frame is scored with void pixels excluded; at most `max_proposals` (20) predicted ids;
+  one Hungarian assignment per sequence maximising (mean J + mean F) / 2 over proposal × object pairs. The
+  per-object rows follow the matched proposals' order, as upstream's.
+- Global numbers are plain means over objects; the CSV files are upstream's `global_results-<set>.csv` and
+  `per-sequence_results-<set>.csv`, values written with "%.3f".
+
+Scoring is split so a distributed evaluator can score sequences anywhere: `per_sequence` (files) or
+`score_semi` / `score_unsup` (arrays) return a `SequenceScores`; `combine` turns any list of them into the
+global `Report`, and `write_csv` writes it. `evaluate_semi` / `evaluate_unsup` do all three in one process.
+
+Deviations from upstream:
+- The results CSV files are always recomputed and replaced atomically; upstream silently reuses existing
+  ones.
+- Bad input raises a ValueError / FileNotFoundError naming the sequence, frame or file instead of printing a
+  message and calling `sys.exit`.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+from PIL import Image
+from scipy.optimize import linear_sum_assignment
+
+from raytrain.eval.metrics import Boundary, bound_pix, f_from_boundaries, statistics
+
+VOID = 255
+SEMI = "semi-supervised"
+UNSUP = "unsupervised"
+GLOBAL_COLUMNS = ("J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay")
+SEQUENCE_COLUMNS = ("Sequence", "J-Mean", "F-Mean")
+
+
+@dataclass
+class SequenceScores:
+    """Per-frame J and F of one sequence: arrays [objects, scored frames], rows in CSV order."""
+
+    sequence: str
+    j: np.ndarray
+    f: np.ndarray
+
+
+@dataclass
+class Report:
+    """Global DAVIS numbers (means over objects) and the per-object rows of the per-sequence CSV."""
+
+    j_mean: float
+    j_recall: float
+    j_decay: float
+    f_mean: float
+    f_recall: float
+    f_decay: float
+    objects: list[tuple[str, float, float]] = field(default_factory=list)  # (<seq>_<k>, J-Mean, F-Mean)
+
+    @property
+    def jf_mean(self) -> float:
+        return (self.j_mean + self.f_mean) / 2.0
+
+    def as_dict(self) -> dict[str, float]:
+        """The global row under the official column names."""
+        values = (self.jf_mean, self.j_mean, self.j_recall, self.j_decay, self.f_mean, self.f_recall, self.f_decay)
+        return dict(zip(GLOBAL_COLUMNS, values))
+
+
+def _read_ids(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: mask not found (expected one PNG per annotated frame, same names as the GT)")
+    with Image.open(path) as image:
+        mode = image.mode
+        ids = np.array(image)
+    if ids.ndim != 2:
+        raise ValueError(f"{path}: expected a single-channel (P or L mode) PNG of object ids, got mode {mode}")
+    return ids
+
+
+def annotation_dir(gt_root: str | os.PathLike, task: str) -> Path:
+    """`<gt_root>/Annotations/480p` (semi-supervised) or `<gt_root>/Annotations_unsupervised/480p`."""
+    if task not in (SEMI, UNSUP):
+        raise ValueError(f"task must be {SEMI!r} or {UNSUP!r}, got {task!r}")
+    return Path(gt_root) / ("Annotations" if task == SEMI else "Annotations_unsupervised") / "480p"
+
+
+def read_sequence_list(gt_root: str | os.PathLike, set_name: str, task: str = SEMI) -> list[str]:
+    """Sequence names of `ImageSets/<year>/<set>.txt` (2019 for unsupervised test sets, else 2017)."""
+    year = "2019" if task == UNSUP and set_name in ("test-dev", "test-challenge") else "2017"
+    path = Path(gt_root) / "ImageSets" / year / f"{set_name}.txt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: sequence list for set {set_name!r} not found")
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_gt(annotations: str | os.PathLike, sequence: str) -> tuple[np.ndarray, list[str]]:
+    """All GT id maps of a sequence [T, H, W] and their frame names (sorted PNG stems)."""
+    folder = Path(annotations) / sequence
+    paths = sorted(folder.glob("*.png"))
+    if not paths:
+        raise FileNotFoundError(f"{folder}: no ground-truth PNGs for sequence {sequence!r}")
+    frames = [_read_ids(p) for p in paths]
+    for p, m in zip(paths, frames):
+        if m.shape != frames[0].shape:
+            raise ValueError(f"{p}: GT size {m.shape} differs from the sequence's first frame {frames[0].shape}")
+    return np.stack(frames), [p.stem for p in paths]
+
+
+def read_predictions(results_dir: str | os.PathLike, sequence: str, frame_ids: Sequence[str],
+                     shape: tuple[int, int]) -> np.ndarray:
+    """Predicted id maps `<results_dir>/<seq>/<frame>.png` [T, H, W]; each must have the GT size `shape`."""
+    out = []
+    for frame in frame_ids:
+        path = Path(results_dir) / sequence / f"{frame}.png"
+        ids = _read_ids(path)
+        if ids.shape != tuple(shape):
+            raise ValueError(f"{path}: prediction is {ids.shape[1]}x{ids.shape[0]} (WxH) but the ground truth is "
+                             f"{shape[1]}x{shape[0]}; predictions must have the GT resolution")
+        out.append(ids)
+    return np.stack(out)
+
+
+def _num_objects(first_gt: np.ndarray) -> int:
+    ids = first_gt[first_gt != VOID]
+    return int(ids.max()) if ids.size else 0
+
+
+def _confusion(gt: np.ndarray, pred: np.ndarray, n_gt: int, n_pred: int, void: np.ndarray | None) -> np.ndarray:
+    """Pixel counts [T, n_gt + 1, n_pred + 1] of (GT id, predicted id) per frame, void pixels left out."""
+    out = np.empty((len(gt), n_gt + 1, n_pred + 1), dtype=np.int64)
+    for t in range(len(gt)):
+        g = gt[t].astype(np.int64)
+        g[g > n_gt] = 0
+        code = g * (n_pred + 1) + pred[t]
+        if void is not None:
+            code = code[~void[t]]
+        out[t] = np.bincount(code.ravel(), minlength=out[t].size).reshape(out[t].shape)
+    return out
+
+
+def _pair_jaccard(conf: np.ndarray) -> np.ndarray:
+    """J [n_pred, n_gt, T] of every (proposal, object) pair from the confusion counts (ids from 1)."""
+    inter = conf[:, 1:, 1:].transpose(2, 1, 0)
+    gt_area = conf[:, 1:, :].sum(axis=2).T
+    pred_area = conf[:, :, 1:].sum(axis=1).T
+    union = gt_area[None] + pred_area[:, None] - inter
+    return np.where(union == 0, 1.0, inter / np.maximum(union, 1))
+
+
+def _boundaries(ids: np.ndarray, n: int) -> list[Boundary]:
+    return [Boundary(ids == k) for k in range(1, n + 1)]
+
+
+def _check_ids(pred: np.ndarray, limit: int, sequence: str, frame_ids: Sequence[str], what: str) -> None:
+    over = pred.reshape(len(pred), -1).max(axis=1) > limit
+    if over.any():
+        t = int(np.argmax(over))
+        raise ValueError(f"sequence {sequence!r}, frame {frame_ids[t]}: predicted id {int(pred[t].max())} {what}")
+
+
+def score_semi(gt: np.ndarray, pred: np.ndarray, sequence: str = "",
+               frame_ids: Sequence[str] | None = None) -> SequenceScores:
+    """Semi-supervised scores of one sequence.
+
+    gt: all annotated frames [T, H, W] (T ≥ 3; N = largest id in frame 0). pred: [T - 2, H, W] predictions of
+    the middle frames, or [T, H, W] (first and last are then ignored). Void counts as background.
+    """
+    gt, pred = np.asarray(gt), np.asarray(pred)
+    if len(gt) < 3:
+        raise ValueError(f"sequence {sequence!r}: semi-supervised scoring needs at least 3 annotated frames, got {len(gt)}")
+    if len(pred) == len(gt):
+        pred = pred[1:-1]
+    if len(pred) != len(gt) - 2 or pred.shape[1:] != gt.shape[1:]:
+        raise ValueError(f"sequence {sequence!r}: predictions {pred.shape} do not match GT {gt.shape} "
+                         "(expected the middle frames at GT resolution)")
+    frame_ids = list(frame_ids) if frame_ids is not None else [str(i) for i in range(len(gt))]
+    n = _num_objects(gt[0])
+    gt = np.where(gt[1:-1] == VOID, 0, gt[1:-1])
+    _check_ids(pred, n, sequence, frame_ids[1:-1], f"is higher than the {n} object(s) in the first GT frame")
+    j = _pair_jaccard(_confusion(gt, pred, n, n, None))
+    radius = bound_pix(gt.shape[1:])
+    f = [f_from_boundaries(g, p, radius) for g, p in zip(_boundaries(gt, n), _boundaries(pred, n))]
+    diag = np.arange(n)
+    return SequenceScores(sequence, j[diag, diag], np.array(f).reshape(n, len(gt)))
+
+
+def score_unsup(gt: np.ndarray, pred: np.ndarray, sequence: str = "", frame_ids: Sequence[str] | None = None,
+                max_proposals: int = 20) -> SequenceScores:
+    """Unsupervised scores of one sequence: gt and pred [T, H, W], every frame, void excluded, Hungarian matching."""
+    gt, pred = np.asarray(gt), np.asarray(pred)
+    if pred.shape != gt.shape:
+        raise ValueError(f"sequence {sequence!r}: predictions {pred.shape} do not match GT {gt.shape}")
+    frame_ids = list(frame_ids) if frame_ids is not None else [str(i) for i in range(len(gt))]
+    _check_ids(pred, max_proposals, sequence, frame_ids, f"is more than the {max_proposals} proposals allowed")
+    void = gt == VOID
+    n_gt = _num_objects(gt[0])
+    gt = np.where(void, 0, gt)
+    n_pred = max(int(pred.max()), n_gt)  # fewer proposals than objects: pad with empty ones
+    j = _pair_jaccard(_confusion(gt, pred, n_gt, n_pred, void))
+    radius = bound_pix(gt.shape[1:])
+    gt_b = _boundaries(gt, n_gt)
+    pred_b = _boundaries(np.where(void, 0, pred), n_pred)
+    f = np.array([[f_from_boundaries(g, p, radius) for g in gt_b] for p in pred_b]).reshape(j.shape)
+    rows, cols = linear_sum_assignment(-(j.mean(axis=2) + f.mean(axis=2)) / 2)
+    return SequenceScores(sequence, j[rows, cols], f[rows, cols])
+
+
+def per_sequence(gt_root: str | os.PathLike, results_dir: str | os.PathLike, sequence: str, task: str = SEMI,
+                 annotations: str | os.PathLike | None = None, max_proposals: int = 20) -> SequenceScores:
+    """Read one sequence's GT and predicted PNGs and score it (`task`: "semi-supervised" or "unsupervised")."""
+    folder = Path(annotations) if annotations is not None else annotation_dir(gt_root, task)
+    gt, frame_ids = read_gt(folder, sequence)
+    if task == SEMI:
+        if len(gt) < 3:
+            raise ValueError(f"{folder / sequence}: semi-supervised scoring needs at least 3 annotated frames")
+        pred = read_predictions(results_dir, sequence, frame_ids[1:-1], gt.shape[1:])
+        return score_semi(gt, pred, sequence, frame_ids)
+    if task != UNSUP:
+        raise ValueError(f"task must be {SEMI!r} or {UNSUP!r}, got {task!r}")
+    pred = read_predictions(results_dir, sequence, frame_ids, gt.shape[1:])
+    return score_unsup(gt, pred, sequence, frame_ids, max_proposals)
+
+
+def combine(scores: Iterable[SequenceScores]) -> Report:
+    """Global numbers over all objects of the given sequences (in order), as upstream computes them."""
+    j_stats, f_stats, objects = [], [], []
+    for s in scores:
+        for k in range(len(s.j)):
+            j_stats.append(statistics(s.j[k]))
+            f_stats.append(statistics(s.f[k]))
+            objects.append((f"{s.sequence}_{k + 1}", j_stats[-1][0], f_stats[-1][0]))
+    if not objects:
+        raise ValueError("no objects to score: the first GT frame of every sequence is empty")
+    # One 1-D mean per column, like upstream (a 2-D axis-0 mean can differ in the last bit).
+    means = [float(np.mean([row[i] for row in stats])) for stats in (j_stats, f_stats) for i in range(3)]
+    return Report(*means, objects=objects)
+
+
+def _fmt(x: float) -> str:
+    return "" if np.isnan(x) else "%.3f" % x
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_csv(report: Report, results_dir: str | os.PathLike, set_name: str = "val") -> tuple[Path, Path]:
+    """Write `global_results-<set>.csv` and `per-sequence_results-<set>.csv` (replacing any old ones)."""
+    results_dir = Path(results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    global_path = results_dir / f"global_results-{set_name}.csv"
+    seq_path = results_dir / f"per-sequence_results-{set_name}.csv"
+    row = ",".join(_fmt(v) for v in report.as_dict().values())
+    _write_atomic(global_path, ",".join(GLOBAL_COLUMNS) + "\n" + row + "\n")
+    lines = [",".join(SEQUENCE_COLUMNS)] + [f"{name},{_fmt(jm)},{_fmt(fm)}" for name, jm, fm in report.objects]
+    _write_atomic(seq_path, "\n".join(lines) + "\n")
+    return global_path, seq_path
+
+
+def _evaluate(task: str, gt_root, results_dir, sequences, set_name, annotations, write, max_proposals) -> Report:
+    if sequences is None:
+        sequences = read_sequence_list(gt_root, set_name, task)
+    report = combine(per_sequence(gt_root, results_dir, s, task, annotations, max_proposals) for s in sequences)
+    if write:
+        write_csv(report, results_dir, set_name)
+    return report
+
+
+def evaluate_semi(gt_root: str | os.PathLike, results_dir: str | os.PathLike, sequences: Sequence[str] | None = None,
+                  set_name: str = "val", annotations: str | os.PathLike | None = None, write: bool = True) -> Report:
+    """Semi-supervised DAVIS-2017 scores of `results_dir/<seq>/<frame>.png` (sequences default to the set list)."""
+    return _evaluate(SEMI, gt_root, results_dir, sequences, set_name, annotations, write, 20)
+
+
+def evaluate_unsup(gt_root: str | os.PathLike, results_dir: str | os.PathLike,
+                   sequences: Sequence[str] | None = None, set_name: str = "val",
+                   annotations: str | os.PathLike | None = None, write: bool = True,
+                   max_proposals: int = 20) -> Report:
+    """Unsupervised DAVIS-2017 scores (GT from Annotations_unsupervised unless `annotations` is given)."""
+    return _evaluate(UNSUP, gt_root, results_dir, sequences, set_name, annotations, write, max_proposals)

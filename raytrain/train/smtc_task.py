@@ -1,0 +1,159 @@
+"""SMTC self-supervised training step (upstream `src/train.py`).
+
+Per step, for uint8 clips B x T x 3 x H x W:
+1. two independent photometric views on the device (`raytrain.augment`), student and teacher;
+2. student forward (train mode, drop-path on) and EMA-teacher forward (eval mode, no gradient), bf16 autocast
+   on CUDA;
+3. loss = L_cons (`bi_cons`) + L_diff (`entro_cons`) + L_inst (`raytrain.losses.smtc`), in float32;
+4. AdamW step with four parameter groups (encoder / rest x decayed / not: biases and 1-D parameters are not
+   decayed), weight decay `cfg.weight_decay`, lr cosine from cfg.lr to 0.1 cfg.lr over cfg.steps without
+   warm-up, encoder lr x0 before `grad_iter` and x0.01 after; optional gradient clipping;
+5. EMA of the teacher (momentum `ema_momentum`), encoder excluded.
+
+All randomness of a step (views, drop-path, instance-slot initialisation) is drawn from seeds derived from
+(cfg.seed, rank, step), so a run resumed from `state_dict` repeats the steps it would have taken.
+DDP needs no `find_unused_parameters`: the only parameters the losses never reach (last ViT block after its
+keys, final norm) are frozen in `SMTC`.
+
+Deviations from upstream:
+- lr schedule is a function of the step over exactly cfg.steps. Upstream builds an array of
+  floor(steps / batches-per-epoch) * batches-per-epoch entries (9984 for 10k steps at 4 x 32 clips) and its
+  loop raises IndexError at step 9984; here steps past cfg.steps keep the final lr.
+- The teacher is saved in `state_dict` (upstream does not save it), so a resumed run continues the same EMA.
+- bf16 autocast on CUDA (upstream runs in float32) and no `set_detect_anomaly`.
+- Augmentation: see `raytrain.augment` (blur sigma drawn per clip).
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from raytrain.augment import augment_clips
+from raytrain.configs import SMTCConfig
+from raytrain.losses.smtc import (RELAXED_TAU, STRICT_TAU, instance_loss, semantic_consistency,
+                                  slot_diversity, valid_instances)
+from raytrain.models.smtc import SMTC, SMTCOutput, ema_update, make_teacher
+from raytrain.models.weights import load_vit_weights
+
+log = logging.getLogger(__name__)
+
+ENCODER_LR_SCALE = 0.01
+
+
+def learning_rate(step: int, base: float, steps: int) -> float:
+    """Cosine from `base` at step 0 to 0.1 * base at `steps` (and after), no warm-up."""
+    final = 0.1 * base
+    progress = min(step, steps) / max(steps, 1)
+    return final + 0.5 * (base - final) * (1 + math.cos(math.pi * progress))
+
+
+def encoder_lr_scale(step: int, grad_iter: int) -> float:
+    """Encoder lr multiplier: 0 before `grad_iter`, 0.01 from then on."""
+    return 0.0 if step < grad_iter else ENCODER_LR_SCALE
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Upstream's groups, in order: encoder decayed, encoder not decayed, rest decayed, rest not decayed."""
+    groups: list[list[nn.Parameter]] = [[], [], [], []]
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            no_decay = name.endswith(".bias") or p.ndim == 1
+            groups[(0 if name.startswith("encoder.") else 2) + int(no_decay)].append(p)
+    return [{"params": g, "weight_decay": 0.0 if i % 2 else weight_decay} for i, g in enumerate(groups)]
+
+
+def step_seeds(seed: int, rank: int, step: int) -> tuple[int, int]:
+    """(augmentation seed, torch RNG seed) determined by (seed, rank, step)."""
+    aug, rng = np.random.SeedSequence([seed, rank, step]).generate_state(2)
+    return int(aug), int(rng)
+
+
+class SMTCTask:
+    """TrainTask for SMTC (see module docstring)."""
+
+    def __init__(self, cfg: SMTCConfig, device: torch.device) -> None:
+        self.cfg, self.device = cfg, torch.device(device)
+        initialised = dist.is_available() and dist.is_initialized()
+        self.rank = dist.get_rank() if initialised else 0
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            model = SMTC(cfg.num_slots, cfg.num_instance, cfg.num_iterations, cfg.resolution, cfg.drop_path)
+        if cfg.dino_path:
+            load_vit_weights(model.encoder, cfg.dino_path)
+        else:
+            log.warning("SMTC: no --dino_path given, the ViT-S/16 encoder starts from random weights")
+        self.model = model.to(self.device)
+        self.net: nn.Module = self.model
+        if initialised and dist.get_world_size() > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = DistributedDataParallel(self.model, device_ids=ids)
+        self.teacher = make_teacher(self.model)
+        self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr)
+        self.tau = STRICT_TAU if cfg.strict_filter else RELAXED_TAU
+        self._rng_devices = [] if self.device.type != "cuda" else [
+            self.device.index if self.device.index is not None else torch.cuda.current_device()]
+
+    def _check(self, frames: Tensor) -> None:
+        size = self.cfg.resolution
+        if frames.dtype != torch.uint8 or frames.ndim != 5 or tuple(frames.shape[2:]) != (3, size, size):
+            raise ValueError(f"SMTC batch['frames'] must be uint8 [B, T, 3, {size}, {size}] (--resolution), "
+                             f"got {frames.dtype} {list(frames.shape)}")
+
+    def losses(self, out_s: SMTCOutput, out_t: SMTCOutput) -> dict[str, Tensor]:
+        """The three loss terms, their sum and the fraction of valid student instances."""
+        zero = torch.zeros((), device=out_s.semantic_logits.device)
+        valid_s = valid_instances(out_s.semantic_logits, out_s.semantic, out_s.instances, self.tau)
+        valid_t = valid_instances(out_t.semantic_logits, out_t.semantic, out_t.instances, self.tau)
+        terms = {
+            "loss_cons": semantic_consistency(out_s.semantic_logits, out_t.semantic_logits, out_t.keys)
+            if self.cfg.bi_cons else zero,
+            "loss_diff": slot_diversity(out_s.semantic_logits) if self.cfg.entro_cons else zero,
+            "loss_inst": instance_loss(out_s.projected, out_t.projected, valid_s, valid_t),
+        }
+        return {"loss": sum(terms.values()), **terms, "valid_frac": valid_s.mean()}
+
+    def train_step(self, batch: dict[str, Tensor], step: int) -> dict[str, float]:
+        frames = batch["frames"]
+        self._check(frames)
+        lr = learning_rate(step, self.cfg.lr, self.cfg.steps)
+        encoder_scale = encoder_lr_scale(step, self.cfg.grad_iter)
+        for i, group in enumerate(self.optimizer.param_groups):
+            group["lr"] = lr * (encoder_scale if i < 2 else 1.0)
+
+        aug_seed, rng_seed = step_seeds(self.cfg.seed, self.rank, step)
+        generator = torch.Generator().manual_seed(aug_seed)
+        view_s, view_t = augment_clips(frames, generator), augment_clips(frames, generator)
+        self.net.train()
+        self.teacher.eval()
+        with torch.random.fork_rng(devices=self._rng_devices):
+            torch.manual_seed(rng_seed)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+                out_s = self.net(view_s)
+                with torch.no_grad():
+                    out_t = self.teacher(view_t)
+            metrics = self.losses(out_s, out_t)
+            self.optimizer.zero_grad(set_to_none=True)
+            metrics["loss"].backward()
+        if self.cfg.grad_clip > 0:
+            nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
+                                     self.cfg.grad_clip)
+        self.optimizer.step()
+        ema_update(self.teacher, self.model, self.cfg.ema_momentum)
+        values = torch.stack([v.detach().float() for v in metrics.values()]).tolist()
+        return {**dict(zip(metrics, values)), "lr": lr}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "teacher": self.teacher.state_dict(),
+                "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.teacher.load_state_dict(state["teacher"])
+        self.optimizer.load_state_dict(state["optimizer"])

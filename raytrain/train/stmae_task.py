@@ -1,0 +1,190 @@
+"""STMAE one-shot training step (upstream `STMAETrainer.train_one_step`): only first-frame masks reach the loss.
+
+For a clip of T frames with the first-frame mask only:
+1. encode keys (f16, f8, f4) of all frames;
+2. forward reconstruction without gradient: frame ti = 1..T-1 is segmented from all earlier frames (memory
+   masks: frame 0's one-hot downsampled bilinearly to 1/16, then the predicted foreground probabilities);
+3. backward reconstruction with gradient: frame 0 is segmented from reference frames only (when
+   T-1 > num_ref_frames: per sample num_ref_frames-1 random distinct frames from 1..T-2 plus frame T-1,
+   else all of 1..T-1); frame 0 is never a reference;
+4. loss = cross-entropy + soft Dice of the reconstructed frame 0 against its ground truth.
+
+AdamW on all parameters, lr x0.1 after `lr_decay_at * steps` (upstream: epoch 85 of 370), bf16 autocast on
+CUDA, BatchNorm statistics frozen.
+
+Deviations from upstream:
+- Frames whose keys cannot receive a gradient (those that are neither frame 0 nor a reference of their
+  sample) are encoded without autograd; upstream keeps the graph of all T frames. Same numbers, less memory.
+- bf16 autocast instead of fp16 + GradScaler; the lr schedule is per step (`lr_decay_at` of the steps)
+  instead of per epoch.
+- The reference frames are drawn from a generator seeded by (seed, rank, step), so a resumed run draws the
+  same references.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+
+from raytrain.configs import STMAEConfig
+from raytrain.losses.stmae import stmae_loss
+from raytrain.models.resnet_weights import load_resnet
+from raytrain.models.stmae import STMAE
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def normalise(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 RGB (..., 3, H, W) -> ImageNet-normalised float32."""
+    mean = torch.tensor(IMAGENET_MEAN, device=frames.device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=frames.device).view(3, 1, 1)
+    return (frames.float() / 255 - mean) / std
+
+
+def lr_at(cfg: STMAEConfig, step: int) -> float:
+    """cfg.lr, x0.1 from step lr_decay_at * steps on."""
+    return cfg.lr * (0.1 if step >= cfg.lr_decay_at * cfg.steps else 1.0)
+
+
+def step_generator(seed: int, rank: int, step: int) -> torch.Generator:
+    """A CPU generator determined by (seed, rank, step)."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0]))
+
+
+def sample_references(batch_size: int, num_frames: int, num_ref_frames: int,
+                      generator: torch.Generator) -> torch.Tensor:
+    """Reference frame indices (B, R) for the backward reconstruction of frame 0."""
+    last = num_frames - 1
+    if last <= num_ref_frames:
+        return torch.arange(1, num_frames).expand(batch_size, -1).clone()
+    rows = [torch.cat([torch.randperm(last - 1, generator=generator)[:num_ref_frames - 1] + 1,
+                       torch.tensor([last])]) for _ in range(batch_size)]
+    return torch.stack(rows)
+
+
+def _take(x: torch.Tensor, index: torch.Tensor, dim: int) -> torch.Tensor:
+    """Per-sample gather of whole slices along `dim` of x (B, ...) with index (B, R)."""
+    shape = [1] * x.ndim
+    shape[0], shape[dim] = index.shape
+    index = index.view(shape).expand(*[s if i not in (0, dim) else -1 for i, s in enumerate(x.shape)])
+    return x.gather(dim, index)
+
+
+class OneShotReconstruction(nn.Module):
+    """One training forward pass: pseudo-label frames 1..T-1 (no grad), reconstruct frame 0 (with grad).
+
+    One module call per step, so DDP sees a single forward; every parameter gets a gradient through the
+    frame-0 reconstruction, so DDP needs no unused-parameter search.
+    """
+
+    def __init__(self, net: STMAE):
+        super().__init__()
+        self.net = net
+
+    def encode(self, frames: torch.Tensor, refs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Key features (B, T, C, h, w) x3; autograd only for frame 0 and each sample's references."""
+        b, t = frames.shape[:2]
+        need = torch.zeros(b, t, dtype=torch.bool, device=frames.device)
+        need[:, 0] = True
+        need.scatter_(1, refs, True)
+        need = need.flatten()
+        grad_ids, other_ids = need.nonzero()[:, 0], (~need).nonzero()[:, 0]
+        flat = frames.flatten(0, 1)
+        feats = self.net.encode_key(flat[grad_ids])
+        if len(other_ids):
+            with torch.no_grad():
+                rest = self.net.encode_key(flat[other_ids])
+            order = torch.argsort(torch.cat([grad_ids, other_ids]))
+            feats = tuple(torch.cat([a, c])[order] for a, c in zip(feats, rest))
+        return tuple(f.view(b, t, *f.shape[1:]) for f in feats)
+
+    def forward(self, frames: torch.Tensor, first_gt: torch.Tensor, selector: torch.Tensor,
+                refs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """frames (B, T, 3, H, W) normalised, first_gt (B, M, H, W) one-hot, selector (B, M, 1, 1),
+        refs (B, R) -> frame-0 logits (B, M+1, H, W) and foreground probabilities (B, M, H, W)."""
+        t = frames.shape[1]
+        f16, f8, f4 = self.encode(frames, refs)
+        keys = f16.transpose(1, 2)  # B, C, T, h, w
+        masks = [F.interpolate(first_gt, size=f16.shape[-2:], mode="bilinear", align_corners=False)]
+        with torch.no_grad():
+            for ti in range(1, t):
+                _, prob, _ = self.net(frames[:, ti], f16[:, ti], f8[:, ti], f4[:, ti], keys[:, :, :ti],
+                                      torch.stack(masks, 2), selector)
+                masks.append(F.interpolate(prob, size=f16.shape[-2:], mode="bilinear", align_corners=False))
+        memory_masks = torch.stack(masks, 2)  # B, M, T, h, w
+        logits, prob, _ = self.net(frames[:, 0], f16[:, 0], f8[:, 0], f4[:, 0], _take(keys, refs, 2),
+                                   _take(memory_masks, refs, 2), selector)
+        return logits, prob
+
+
+class STMAETask:
+    """The STMAE TrainTask: model, AdamW, lr schedule, one optimizer step per batch.
+
+    Batch: {"frames": uint8 (B, T, 3, S, S), "masks": uint8 (B, T, S, S), "num_objects": int64 (B,)};
+    only masks[:, 0] is read.
+    """
+
+    def __init__(self, cfg: STMAEConfig, device: torch.device | str):
+        self.cfg = cfg
+        self.device = torch.device(device)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            self.model = STMAE()
+        if cfg.resnet50_path:
+            load_resnet(self.model.key_encoder, cfg.resnet50_path, rename={"layer1": "res2"})
+        if cfg.resnet18_path:
+            load_resnet(self.model.value_encoder, cfg.resnet18_path)
+        self.model.to(self.device).train()
+        self.distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        self.rank = dist.get_rank() if self.distributed else 0
+        recon = OneShotReconstruction(self.model)
+        if self.distributed:
+            recon = DistributedDataParallel(recon, device_ids=[self.device.index] if self.device.type == "cuda"
+                                            else None, broadcast_buffers=False)
+        self.recon = recon
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.amp = self.device.type == "cuda"
+
+    def compute_loss(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
+        """Forward pass and loss terms ('loss', 'loss_ce', 'loss_dice') of one batch, with graph."""
+        frames = normalise(batch["frames"])
+        first = batch["masks"][:, 0].long()
+        num_objects = batch["num_objects"].tolist()
+        m = self.cfg.max_objects
+        top_ids = first.flatten(1).amax(1).tolist()
+        if max(num_objects) > m or any(i > n for i, n in zip(top_ids, num_objects)):
+            raise ValueError(f"batch: num_objects {num_objects} (--max_objects {m}) and first-frame ids up to "
+                             f"{top_ids}: ids must be 0..num_objects with num_objects <= max_objects")
+        b, t = frames.shape[:2]
+        slots = torch.arange(1, m + 1, device=self.device)
+        first_gt = (first.unsqueeze(1) == slots.view(1, m, 1, 1)).float()
+        selector = (slots.view(1, m) <= batch["num_objects"].view(b, 1)).float().view(b, m, 1, 1)
+        refs = sample_references(b, t, self.cfg.num_ref_frames, step_generator(self.cfg.seed, self.rank, step))
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            logits, prob = self.recon(frames, first_gt, selector, refs.to(self.device))
+        return stmae_loss(logits, prob, first, num_objects)
+
+    def train_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
+        lr = lr_at(self.cfg, step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        losses = self.compute_loss(batch, step)
+        self.optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        if self.cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        return {**{k: v.item() for k, v in losses.items()}, "lr": lr}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])

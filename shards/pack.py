@@ -1,0 +1,289 @@
+"""Pack one split of a DAVIS/YouTube-VOS folder into WebDataset tar shards, one sample per video.
+
+Sample members, contiguous and sorted by name: `<video>.<frame>.jpg` for every frame, `<video>.<frame>.png`
+for every annotated frame, and `<video>.json` = {"video", "layout", "split", "frames", "annotated", "height",
+"width", "objects": {"<id>": category}}. Tar headers carry mtime 0, so the same input gives the same bytes.
+`ray.data.read_webdataset` turns each video into one row with columns `<frame>.jpg`, `<frame>.png`, `json`;
+rows read in one block share the union of their columns, absent members being None.
+
+Videos are assigned to shards deterministically (sorted ids, greedy fill up to the target size measured on the
+source files), the plan is saved as `plan.json`, and each shard is written by its own Ray task to a temporary
+name in the output folder and then moved into place. Re-running the same job keeps the shards that exist and
+writes only the missing ones (it re-reads the kept shards to index them); a different plan for the same folder
+is refused. `index.parquet` (one row per video, see `SCHEMA`) is written last. Input and output may be local
+paths or pyarrow.fs URIs (s3://...).
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import posixpath
+import re
+import sys
+import tarfile
+import uuid
+import zlib
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from PIL import Image
+
+from .layout import Video, canonical_split, detect_layout, list_videos, resolve
+
+INDEX = "index.parquet"
+PLAN = "plan.json"
+JPEG_QUALITY = 90
+SCHEMA = pa.schema([
+    ("shard", pa.string()),                # file name relative to the output folder
+    ("video", pa.string()),
+    ("frames", pa.list_(pa.string())),
+    ("annotated", pa.list_(pa.string())),  # frames with an annotation PNG
+    ("num_frames", pa.int32()),
+    ("bytes", pa.int64()),                 # sum of the sample's member sizes
+    ("objects", pa.int32()),
+    ("object_ids", pa.list_(pa.int32())),
+    ("categories", pa.list_(pa.string())),  # aligned with object_ids ("" when the layout has none)
+    ("height", pa.int32()),
+    ("width", pa.int32()),
+    ("members", pa.list_(pa.string())),    # tar member names in order
+    ("sizes", pa.list_(pa.int64())),       # their sizes
+    ("crc32", pa.list_(pa.uint32())),      # and checksums (used by `check`)
+])
+
+_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
+          "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+
+
+def parse_size(size: str | int) -> int:
+    """Bytes from an int or a string like '200MB', '1.5GB', '512MiB'."""
+    if isinstance(size, int):
+        value = size
+    else:
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]i?)?b?\s*", size.lower())
+        if not m:
+            raise ValueError(f"--shard-size: cannot read {size!r} (examples: 200MB, 1GB, 512MiB)")
+        value = int(float(m[1]) * _UNITS[m[2] or ""])
+    if value <= 0:
+        raise ValueError(f"--shard-size must be positive, got {size!r}")
+    return value
+
+
+def plan_shards(videos: list[Video], target_bytes: int, prefix: str) -> list[tuple[str, list[Video]]]:
+    """Greedy fill in sorted-id order: a shard takes videos until the next one would exceed `target_bytes`
+    (a video larger than the target gets a shard of its own). Names: `<prefix>-000000.tar`, ..."""
+    groups: list[list[Video]] = []
+    size = 0
+    for v in sorted(videos, key=lambda v: v.id):
+        if not groups or (groups[-1] and size + v.bytes > target_bytes):
+            groups.append([])
+            size = 0
+        groups[-1].append(v)
+        size += v.bytes
+    return [(f"{prefix}-{i:06d}.tar", g) for i, g in enumerate(groups)]
+
+
+def _resized(data: bytes, short: int, is_mask: bool) -> bytes:
+    img = Image.open(io.BytesIO(data))
+    w, h = img.size
+    if min(w, h) <= short:
+        return data
+    size = (short, round(h * short / w)) if w < h else (round(w * short / h), short)
+    buf = io.BytesIO()
+    if is_mask:
+        img.resize(size, Image.NEAREST).save(buf, "PNG")
+    else:
+        img.convert("RGB").resize(size, Image.BICUBIC).save(buf, "JPEG", quality=JPEG_QUALITY)
+    return buf.getvalue()
+
+
+def _sample(video: Video, layout: str, split: str, resize_short: int | None) -> list[tuple[str, bytes]]:
+    """The tar members of one video, sorted by name."""
+    members = []
+    for frame, path in zip(video.frames, video.jpegs):
+        data = video.read(path)
+        members.append((f"{video.id}.{frame}.jpg", _resized(data, resize_short, False) if resize_short else data))
+    for frame, path in video.annotations.items():
+        data = video.read(path)
+        members.append((f"{video.id}.{frame}.png", _resized(data, resize_short, True) if resize_short else data))
+    if resize_short:
+        width, height = Image.open(io.BytesIO(members[0][1])).size
+    else:
+        width, height = video.width, video.height
+    meta = {"video": video.id, "layout": layout, "split": split, "frames": video.frames,
+            "annotated": list(video.annotations), "height": height, "width": width,
+            "objects": {str(k): c for k, c in sorted(video.objects.items())}}
+    members.append((f"{video.id}.json", json.dumps(meta).encode()))
+    return sorted(members)
+
+
+def _row(shard: str, meta: dict, members: list[tuple[str, int, int]]) -> dict:
+    objects = sorted((int(k), c) for k, c in meta["objects"].items())
+    return {"shard": shard, "video": meta["video"], "frames": meta["frames"], "annotated": meta["annotated"],
+            "num_frames": len(meta["frames"]), "bytes": sum(s for _, s, _ in members),
+            "objects": len(objects), "object_ids": [i for i, _ in objects], "categories": [c for _, c in objects],
+            "height": meta["height"], "width": meta["width"], "members": [n for n, _, _ in members],
+            "sizes": [s for _, s, _ in members], "crc32": [c for _, _, c in members]}
+
+
+def _tar_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mode = 0o644
+    tar.addfile(info, io.BytesIO(data))
+
+
+def write_shard(fs: pafs.FileSystem, folder: str, name: str, videos: list[Video], layout: str, split: str,
+                resize_short: int | None) -> list[dict]:
+    """Write one shard atomically (temporary name in `folder`, then a move); return its index rows."""
+    tmp = posixpath.join(folder, f".{name}.tmp-{uuid.uuid4().hex}")
+    rows = []
+    try:
+        with fs.open_output_stream(tmp, compression=None) as stream, \
+                tarfile.open(fileobj=stream, mode="w|") as tar:
+            for video in videos:
+                members = _sample(video, layout, split, resize_short)
+                for member, data in members:
+                    _tar_member(tar, member, data)
+                meta = json.loads(members[-1][1])
+                rows.append(_row(name, meta, [(n, len(d), zlib.crc32(d)) for n, d in members]))
+        fs.move(tmp, posixpath.join(folder, name))
+    except BaseException:
+        if fs.get_file_info(tmp).type == pafs.FileType.File:
+            fs.delete_file(tmp)
+        raise
+    return rows
+
+
+def iter_samples(fs: pafs.FileSystem, path: str) -> Iterator[tuple[str, list[tuple[str, bytes]]]]:
+    """(video, members) for each run of members sharing a key in the tar at `path`, in file order."""
+    key, members = None, []
+    with fs.open_input_stream(path, compression=None) as stream, \
+            tarfile.open(fileobj=stream, mode="r|") as tar:
+        for info in tar:
+            if not info.isfile():
+                continue
+            data = tar.extractfile(info).read()
+            k = posixpath.basename(info.name).split(".", 1)[0]
+            if k != key and members:
+                yield key, members
+                members = []
+            key = k
+            members.append((info.name, data))
+    if members:
+        yield key, members
+
+
+def index_shard(fs: pafs.FileSystem, folder: str, name: str, expected: list[str]) -> list[dict]:
+    """Index rows of an existing shard, read from its tar; it must hold exactly the `expected` videos."""
+    path = posixpath.join(folder, name)
+    rows = []
+    for video, members in iter_samples(fs, path):
+        metas = [d for n, d in members if n == f"{video}.json"]
+        if not metas:
+            raise ValueError(f"{path}: video {video} has no {video}.json member; delete the shard and re-pack")
+        rows.append(_row(name, json.loads(metas[0]), [(n, len(d), zlib.crc32(d)) for n, d in members]))
+    found = [r["video"] for r in rows]
+    if found != expected:
+        raise ValueError(f"{path} holds videos {found[:3]}... but the plan puts {expected[:3]}... in it; "
+                         f"delete the shard and re-pack")
+    return rows
+
+
+def _atomic_write(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    tmp = posixpath.join(posixpath.dirname(path), f".{posixpath.basename(path)}.tmp-{uuid.uuid4().hex}")
+    with fs.open_output_stream(tmp, compression=None) as f:
+        f.write(data)
+    fs.move(tmp, path)
+
+
+def _save_plan(fs: pafs.FileSystem, folder: str, out: str, plan: dict) -> None:
+    path = posixpath.join(folder, PLAN)
+    if fs.get_file_info(path).type == pafs.FileType.File:
+        with fs.open_input_stream(path, compression=None) as f:
+            old = json.loads(f.read())
+        if old != plan:
+            raise ValueError(f"{out} already holds shards of a different plan ({PLAN} differs: other videos, "
+                             f"--shard-size, --resize-short or --prefix); pack into an empty folder")
+        return
+    _atomic_write(fs, path, json.dumps(plan, indent=1).encode())
+
+
+def _url(out: str, name: str) -> str:
+    return f"{out.rstrip('/')}/{name}" if "://" in out else os.path.join(os.path.abspath(out), name)
+
+
+def read_index(out: str) -> pa.Table:
+    """The index table of a packed folder or URI."""
+    fs, folder = resolve(out)
+    path = posixpath.join(folder, INDEX)
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        raise FileNotFoundError(f"{out}: no {INDEX} (not packed, or packing did not finish)")
+    return pq.read_table(path, filesystem=fs)
+
+
+def shard_urls(out: str) -> list[str]:
+    """Paths (or URIs, for a URI `out`) of the shards listed in the index, in order."""
+    return [_url(out, s) for s in dict.fromkeys(read_index(out).column("shard").to_pylist())]
+
+
+def pack(src: str, out: str, layout: str | None = None, split: str = "train", *,
+         shard_size: str | int = "200MB", resize_short: int | None = None, prefix: str | None = None,
+         verbose: bool = False) -> pa.Table:
+    """Pack `split` of the dataset at `src` into shards under `out`; return the index table.
+
+    One Ray task per shard (Ray is started locally if this process is not connected); shards that already
+    exist are kept. `resize_short` resizes frames whose short side is larger (JPEG bicubic, PNG nearest).
+    """
+    import ray
+
+    layout = layout or detect_layout(src)
+    split = canonical_split(layout, split)
+    videos = list_videos(src, layout, split)
+    if not videos:
+        raise ValueError(f"{src}: split {split!r} holds no videos")
+    dotted = [v.id for v in videos if "." in v.id]
+    if dotted:
+        raise ValueError(f"{src}: video ids must not contain a dot (WebDataset keys end at the first dot): "
+                         f"{', '.join(dotted[:5])}")
+    prefix = prefix or f"{layout}-{split}"
+    if "/" in prefix or prefix.startswith("."):
+        raise ValueError(f"--prefix must not contain '/' nor start with '.', got {prefix!r}")
+    if resize_short is not None and resize_short < 1:
+        raise ValueError(f"--resize-short must be positive, got {resize_short}")
+    plan = plan_shards(videos, parse_size(shard_size), prefix)
+
+    fs, folder = resolve(out)
+    fs.create_dir(folder, recursive=True)
+    _save_plan(fs, folder, out, {"layout": layout, "split": split, "resize_short": resize_short,
+                                 "shards": {name: [v.id for v in vs] for name, vs in plan}})
+    entries = fs.get_file_info(pafs.FileSelector(folder))
+    for info in entries:  # leftovers of an interrupted run
+        if info.base_name.startswith(".") and ".tmp-" in info.base_name:
+            fs.delete_file(info.path)
+    existing = {info.base_name for info in entries if info.type == pafs.FileType.File}
+
+    if not ray.is_initialized():
+        ray.init()
+    write = ray.remote(num_cpus=1)(write_shard)
+    index = ray.remote(num_cpus=1)(index_shard)
+    pending = {}
+    for name, vs in plan:
+        if name in existing:
+            pending[index.remote(fs, folder, name, [v.id for v in vs])] = (name, "kept")
+        else:
+            pending[write.remote(fs, folder, name, vs, layout, split, resize_short)] = (name, "written")
+    results = {}
+    while pending:
+        (ref,), _ = ray.wait(list(pending), num_returns=1)
+        name, what = pending.pop(ref)
+        results[name] = ray.get(ref)
+        if verbose:
+            print(f"{name}: {what} ({len(results[name])} videos)", file=sys.stderr)
+    table = pa.Table.from_pylist([r for name, _ in plan for r in results[name]], schema=SCHEMA)
+    buf = pa.BufferOutputStream()
+    pq.write_table(table, buf)
+    _atomic_write(fs, posixpath.join(folder, INDEX), buf.getvalue().to_pybytes())
+    return table

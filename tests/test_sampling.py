@@ -1,0 +1,113 @@
+"""Clip sampling rules and the deterministic per-rank plan (no Ray needed)."""
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from raytrain.data import plan, sampling
+from raytrain.data.plan import ClipSource, StreamConfig
+
+
+@pytest.mark.parametrize("length", [20, 40, 100])
+def test_smtc_frames_follow_upstream_offsets(length):
+    rng = np.random.default_rng(0)
+    centres = set()
+    for _ in range(300):
+        idx = sampling.smtc_frames(length, 4, 4, rng)
+        assert np.diff(idx).tolist() == [4, 4, 4]
+        centre = idx[2]
+        assert 8 <= centre <= length - 9  # upstream: randint(gap*T//2, len - gap*T//2 - 1)
+        centres.add(centre)
+    assert min(centres) == 8 and max(centres) == length - 9  # the whole range is reachable
+
+
+def test_smtc_gap_shrinks_for_short_videos():
+    rng = np.random.default_rng(0)
+    assert np.diff(sampling.smtc_frames(17, 4, 4, rng)).tolist() == [3, 3, 3]  # upstream: gap - 1
+    assert np.diff(sampling.smtc_frames(6, 4, 4, rng)).tolist() == [1, 1, 1]
+    assert sampling.smtc_frames(4, 4, 4, rng) is None
+
+
+def test_stmae_frames_start_at_zero_within_max_skip():
+    rng = np.random.default_rng(1)
+    for max_jump in (1, 3, 5, 15):
+        for _ in range(200):
+            idx = sampling.stmae_frames(50, 8, max_jump, rng)
+            assert idx[0] == 0 and len(set(idx)) == 8 and idx == sorted(idx)
+            assert 0 not in idx[1:]
+            # every frame is within max_jump of an earlier-chosen one: sorted gaps are bounded
+            assert max(np.diff(idx)) <= max_jump
+    assert sampling.stmae_frames(7, 8, 5, rng) is None
+    assert sampling.stmae_frames(8, 8, 1, rng) == list(range(8))
+
+
+def test_max_skip_schedule_and_stride():
+    values, starts = [5, 10, 15, 10, 5], [0.0, 35 / 370, 105 / 370, 175 / 370, 245 / 370]
+    assert sampling.max_skip_at(0, 370, values, starts) == 5
+    assert sampling.max_skip_at(34, 370, values, starts) == 5
+    assert sampling.max_skip_at(35, 370, values, starts) == 10
+    assert sampling.max_skip_at(110, 370, values, starts) == 15
+    assert sampling.max_skip_at(369, 370, values, starts) == 5
+    assert sampling.frame_stride(["00000", "00005", "00010"]) == 5
+    assert sampling.frame_stride(["00000", "00001"]) == 1
+
+
+def _source(num_shards=3, videos=4, frames=30, annotate_first=True):
+    rows = []
+    for s in range(num_shards):
+        for v in range(videos):
+            names = [f"{5 * i:05d}" for i in range(frames - v)]
+            rows.append({"shard": f"s-{s:06d}.tar", "video": f"v{s}{v}", "frames": names,
+                         "annotated": names if annotate_first or v else names[1:]})
+    return ClipSource.from_index("/data/shards", pa.Table.from_pylist(rows))
+
+
+def _cfg(**kw):
+    base = dict(kind="smtc", seed=3, rank=0, world_size=1, batch_size=4, steps=50, clips_per_video=2,
+                num_frames=4, size=64)
+    return StreamConfig(**{**base, **kw})
+
+
+def _stream(source, cfg, start_step=0):
+    start = start_step * cfg.batch_size
+    items = plan.plan_items(source, cfg, start, (cfg.steps - start_step) * cfg.batch_size)
+    return [c for item in items for c in plan.item_clips(source, cfg, item)]
+
+
+def test_plan_is_deterministic_and_resumes_exactly():
+    src, cfg = _source(), _cfg()
+    full = _stream(src, cfg)
+    assert [c.position for c in full] == list(range(len(full)))
+    assert full == _stream(src, cfg)
+    resumed = _stream(src, cfg, start_step=7)
+    assert resumed[0].position == 7 * cfg.batch_size
+    assert resumed == full[7 * cfg.batch_size: 7 * cfg.batch_size + len(resumed)]
+    assert len(full) >= cfg.steps * cfg.batch_size
+    assert full[-1].position < (cfg.steps + 2 * 4) * cfg.batch_size  # no more than one item beyond
+    assert all(c.step == c.position // cfg.batch_size for c in full)
+    assert _stream(src, _cfg(seed=4))[:20] != full[:20]
+
+
+def test_ranks_read_disjoint_shard_reads():
+    src = _source(num_shards=4)
+    seqs = []
+    for r in range(2):
+        it = plan.rank_items(4, _cfg(rank=r, world_size=2))
+        seqs.append([next(it) for _ in range(6)])
+    assert not set(seqs[0]) & set(seqs[1])
+    assert {s for _, s in seqs[0][:2] + seqs[1][:2]} == {0, 1, 2, 3}  # round 0 split between the ranks
+    for r in range(2):
+        assert len(_stream(src, _cfg(rank=r, world_size=2))) >= 50 * 4
+
+
+def test_stmae_plan_uses_max_skip_schedule_and_needs_annotated_first_frame():
+    src = _source(annotate_first=False)
+    cfg = _cfg(kind="stmae", num_frames=6, steps=40, max_skip=(5, 25), max_skip_at=(0.0, 0.5))
+    clips = _stream(src, cfg)
+    assert all(c.frame_idx[0] == 0 for c in clips)
+    assert not any(c.video.endswith("0") for c in clips)  # video 0 of each shard lacks frame-0 masks
+    # YouTube-VOS naming (stride 5): max-skip 5 -> jump 1 in the first half, 25 -> jump 5 after
+    early = [c for c in clips if c.step < 20]
+    late = [c for c in clips if c.step >= 20 and c.step < 40]
+    assert max(max(np.diff(c.frame_idx)) for c in early) == 1
+    assert max(max(np.diff(c.frame_idx)) for c in late) > 1
+    assert all(c.annotations[0] == c.frame_names[0] for c in clips)
