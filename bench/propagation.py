@@ -1,11 +1,12 @@
 """Label-propagation throughput: batched `propagate` vs the upstream-schedule `propagate_reference`.
 
-    python bench/propagation.py [--frames 12 --size 480x854 --size-b 240x427 --channels 384 --device cpu]
+    python bench/propagation.py [--frames 12 --size 480x854 --size-b 240x427 --settings smtc-a,smtc-b]
 
 Both run in the same process on the same synthetic video: objects moving over a DAVIS-size frame and 384-d
 L2-normalised features on the preset's grid (object codes plus noise, so the top-k neighbours are meaningful).
-For each SMTC setting the table gives propagated frames per second (frames after the first) of each
-implementation, the ratio, and whether the two produced identical id maps.
+For each SMTC setting the table gives propagated frames per second (frames after the first, wall clock) of
+each implementation, the ratio, the CPU seconds each used (a steadier figure on a shared machine), and
+whether the two produced identical id maps.
 
 Setting B at 480x854 (a 60x106 grid, 21 context frames) costs about 0.65 TFLOP per frame in either
 implementation, minutes per video on a 2-core CPU, so the CPU default scores B at 240x427 (its grid is 30x53);
@@ -39,20 +40,22 @@ def synthetic_video(preset: Preset, frames: int, height: int, width: int, channe
             cells[t][((yy - cy) / r[0]) ** 2 + ((xx - cx) / r[1]) ** 2 < 1] = k + 1
     gen = torch.Generator().manual_seed(seed)
     codes = F.normalize(torch.randn(4, channels, generator=gen), dim=1)
-    feats = codes[torch.as_tensor(cells)].permute(0, 3, 1, 2) + 0.3 * torch.randn(frames, channels, gh, gw, generator=gen)
+    noise = 0.3 * torch.randn(frames, channels, gh, gw, generator=gen)
+    feats = codes[torch.as_tensor(cells)].permute(0, 3, 1, 2) + noise
     first = cells[0].repeat(preset.stride, 0).repeat(preset.stride, 1).astype(np.uint8)  # grid cells as blocks
     first = np.pad(first, ((0, height - first.shape[0]), (0, width - first.shape[1])), mode="edge")
     return F.normalize(feats, dim=1).to(device), first
 
 
-def _timed(fn, *args) -> tuple[list[np.ndarray], float]:
+def _timed(fn, *args) -> tuple[list[np.ndarray], float, float]:
+    """Output, wall seconds and this process's CPU seconds (all threads)."""
     if args[0].is_cuda:
         torch.cuda.synchronize()
-    start = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     out = fn(*args)
     if args[0].is_cuda:
         torch.cuda.synchronize()
-    return out, time.perf_counter() - start
+    return out, time.perf_counter() - wall, time.process_time() - cpu
 
 
 def propagation_rows(args: argparse.Namespace) -> list[list[str]]:
@@ -60,15 +63,17 @@ def propagation_rows(args: argparse.Namespace) -> list[list[str]]:
     rows = []
     device = torch.device(args.device)
     for preset, size in ((SMTC_A, args.size), (SMTC_B, args.size_b)):
+        if preset.name not in args.settings:
+            continue
         height, width = size
         feats, first = synthetic_video(preset, args.frames, height, width, args.channels, device)
-        fast, t_fast = _timed(propagate, feats, first, preset)
-        ref, t_ref = _timed(propagate_reference, feats, first, preset)
+        fast, t_fast, cpu_fast = _timed(propagate, feats, first, preset)
+        ref, t_ref, cpu_ref = _timed(propagate_reference, feats, first, preset)
         differing = sum(int((a != b).sum()) for a, b in zip(fast, ref))
         n = args.frames - 1
         rows.append([preset.name, f"{height}x{width}", "x".join(map(str, feats.shape[-2:])), str(args.frames),
                      f"{n / t_fast:.2f}", f"{n / t_ref:.2f}", f"{t_ref / t_fast:.1f}x",
-                     "yes" if differing == 0 else f"no ({differing} px differ)"])
+                     f"{cpu_fast:.1f} / {cpu_ref:.1f}", "yes" if differing == 0 else f"no ({differing} px differ)"])
     return rows
 
 
@@ -76,7 +81,8 @@ def propagation_rows(args: argparse.Namespace) -> list[list[str]]:
 # SECTIONS below.
 SECTIONS = {
     "Label propagation": (["setting", "video", "grid", "frames", "propagate (frames/s)",
-                           "reference (frames/s)", "speed-up", "identical ids"], propagation_rows),
+                           "reference (frames/s)", "speed-up", "CPU s (propagate / reference)", "identical ids"],
+                          propagation_rows),
 }
 
 
@@ -91,6 +97,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--size", type=_size, default=(480, 854), help="frame size HxW for setting A")
     p.add_argument("--size-b", type=_size, default=(240, 427), help="frame size HxW for setting B")
     p.add_argument("--channels", type=int, default=384, help="feature channels (ViT-S/16: 384)")
+    p.add_argument("--settings", type=lambda s: s.split(","), default=["smtc-a", "smtc-b"],
+                   help="comma-separated presets to run (smtc-a, smtc-b)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
     print(f"device: {args.device}, torch threads: {torch.get_num_threads()}\n")

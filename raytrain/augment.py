@@ -18,7 +18,7 @@ Deviations from upstream:
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -126,7 +126,8 @@ def gaussian_blur(x: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
 _JITTER = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
 
 
-def _on(x: Tensor, select: Tensor, fn) -> Tensor:  # noqa: ANN001 - fn(subset, index) -> subset
+def _on(x: Tensor, select: Tensor, fn: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+    """Apply fn(clips, their CPU indices) to the clips where `select` holds."""
     idx = select.nonzero().flatten()
     if idx.numel() == 0:
         return x

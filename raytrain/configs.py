@@ -30,6 +30,8 @@ class RunConfig:
     clips_per_video: int = _f(4, "clips cut from each video every time its shard is read")
     decode_workers: int = _f(0, "parallel decode tasks per training worker (0: Ray Data decides)")
     grad_clip: float = _f(0.0, "max gradient norm (0: no clipping)")
+    val_data: str = _f("", "DAVIS-layout folder to validate on at every checkpoint (J&F on a few videos)")
+    val_videos: int = _f(3, "validation videos (the first ones of the val split)")
 
 
 @dataclass

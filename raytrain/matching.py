@@ -41,9 +41,10 @@ def batched_assignment(cost: Tensor) -> Tensor:
         return torch.as_tensor(cols, dtype=torch.long, device=cost.device).reshape(*batch, p)
     flat = flat.float() if flat.dtype in (torch.float16, torch.bfloat16) else flat
     perms = _permutations(p).to(cost.device)
-    index = (torch.arange(p, device=cost.device) * p + perms).reshape(-1)  # flat (row, col) per permutation
+    k = perms.shape[0]
+    index = (torch.arange(p, device=cost.device).unsqueeze(1) * p + perms.T).reshape(-1)  # (row, col), row-major
     step = max(1, _CHUNK_ELEMENTS // index.numel())
-    best = [flat[i:i + step][:, index].reshape(-1, perms.shape[0], p).sum(-1).argmin(-1)
+    best = [flat[i:i + step].index_select(1, index).view(-1, p, k).sum(1).argmin(-1)
             for i in range(0, flat.shape[0], step)]
     best = torch.cat(best) if best else torch.zeros(0, dtype=torch.long, device=cost.device)
     return perms[best].reshape(*batch, p)

@@ -118,6 +118,8 @@ def test_f_empty_and_void_cases():
     void = other.copy()
     assert f_measure(empty, other, void) == 1.0  # void cleared before the boundaries are taken
     assert f_measure(obj, obj | other, void) == 1.0
+    # Frames are scored separately even when the tolerance exceeds the frame size.
+    assert f_measure(np.stack([obj, empty]), np.stack([empty, obj]), bound_th=100).tolist() == [0.0, 0.0]
 
 
 def test_matches_literal_dense_implementation():

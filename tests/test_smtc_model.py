@@ -199,13 +199,15 @@ def test_load_dino_plain_timm_and_training_checkpoints(vit, blank_vit, tmp_path)
     torch.save(state, plain)
     timm_file = tmp_path / "timm.pth"
     torch.save({**state, "head.weight": torch.randn(1000, 384), "head.bias": torch.zeros(1000)}, timm_file)
+    deit_style = tmp_path / "deit.pth"
+    torch.save({"model": state, "epoch": 299}, deit_style)
     training = tmp_path / "checkpoint.pth"
     decoy = {**state, "cls_token": torch.randn_like(state["cls_token"])}
     torch.save({"student": {f"module.backbone.{k}": v for k, v in decoy.items()},
                 "teacher": {**{f"backbone.{k}": v for k, v in state.items()},
                             "head.mlp.0.weight": torch.randn(8, 384)},
                 "args": argparse.Namespace(arch="vit_small", patch_size=16), "epoch": 3}, training)
-    for path in (plain, timm_file, training):
+    for path in (plain, timm_file, deit_style, training):
         _scramble(blank_vit)
         assert not _same_features(blank_vit, vit, x)
         load_vit_weights(blank_vit, path)

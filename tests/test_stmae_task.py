@@ -26,10 +26,10 @@ def make_batch(seed: int = 0, b: int = 2, t: int = 4, s: int = 64) -> dict[str, 
         d = ti * u // 2
         masks[0, ti, 2 * u:7 * u, 2 * u + d:7 * u + d] = 1
         masks[0, ti, 9 * u:15 * u, 7 * u + d:12 * u + d] = 2
-        masks[1, ti, 4 * u:12 * u, 4 * u + d:10 * u + d] = 1
+        masks[1:, ti, 4 * u:12 * u, 4 * u + d:10 * u + d] = 1
     colours = torch.tensor([[0, 0, 0], [200, 40, 40], [40, 40, 200]], dtype=torch.uint8)
     frames = torch.where(masks.unsqueeze(2) > 0, colours[masks.long()].permute(0, 1, 4, 2, 3), frames)
-    return {"frames": frames, "masks": masks, "num_objects": torch.tensor([2, 1])}
+    return {"frames": frames, "masks": masks, "num_objects": torch.tensor([2] + [1] * (b - 1))}
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +84,16 @@ def test_bad_batch_refused(task: STMAETask):
         task.compute_loss(batch, 0)
 
 
+def test_imagenet_weights_from_config(tmp_path):
+    import torchvision
+    r18 = torchvision.models.resnet18().state_dict()
+    torch.save(r18, tmp_path / "resnet18.pth")
+    task = STMAETask(tiny_cfg(resnet18_path=str(tmp_path / "resnet18.pth")), "cpu")
+    assert torch.equal(task.model.value_encoder.layer1[0].conv1.weight, r18["layer1.0.conv1.weight"])
+    with pytest.raises(ValueError, match="resnet18.pth: .*right ResNet depth"):
+        STMAETask(tiny_cfg(resnet50_path=str(tmp_path / "resnet18.pth")), "cpu")
+
+
 def test_training_reduces_loss_and_state_round_trips():
     task = STMAETask(tiny_cfg(), "cpu")
     batch = make_batch(1)
@@ -104,3 +114,28 @@ def test_training_reduces_loss_and_state_round_trips():
         assert torch.equal(a, b)
     for a, b in zip(task.optimizer.state_dict()["state"].values(), fresh.optimizer.state_dict()["state"].values()):
         assert a["step"] == b["step"] == 3 and torch.equal(a["exp_avg_sq"], b["exp_avg_sq"])
+
+
+def _ddp_worker(rank: int, world: int, init_file: str, out: str) -> None:
+    import torch.distributed as dist
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        task = STMAETask(tiny_cfg(crop=32, num_frames=3, num_ref_frames=1, batch_size=1), "cpu")
+        assert isinstance(task.recon, torch.nn.parallel.DistributedDataParallel)
+        batch = make_batch(seed=rank, b=1, t=3, s=32)
+        before = torch.cat([p.detach().flatten() for p in task.model.parameters()]).clone()
+        for step in range(2):  # a second step fails if DDP missed a parameter's gradient
+            task.train_step(batch, step)
+        after = torch.cat([p.detach().flatten() for p in task.model.parameters()])
+        torch.save({"changed": (after - before).abs().sum(), "params": after}, f"{out}/{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_keep_replicas_in_sync(tmp_path):
+    import torch.multiprocessing as mp
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"{r}.pt", weights_only=True) for r in (0, 1))
+    assert r0["changed"] > 0 and torch.equal(r0["params"], r1["params"])

@@ -178,7 +178,8 @@ def score_semi(gt: np.ndarray, pred: np.ndarray, sequence: str = "",
     """
     gt, pred = np.asarray(gt), np.asarray(pred)
     if len(gt) < 3:
-        raise ValueError(f"sequence {sequence!r}: semi-supervised scoring needs at least 3 annotated frames, got {len(gt)}")
+        raise ValueError(f"sequence {sequence!r}: semi-supervised scoring needs at least 3 annotated frames, "
+                         f"got {len(gt)}")
     if len(pred) == len(gt):
         pred = pred[1:-1]
     if len(pred) != len(gt) - 2 or pred.shape[1:] != gt.shape[1:]:

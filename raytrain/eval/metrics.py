@@ -12,7 +12,9 @@ Same math as the official davis2017-evaluation toolkit (`db_eval_iou`, `f_measur
   nearest boundary pixel up in a k-d tree over all frames at once; `tests/test_metrics.py` checks the
   result against `scipy.ndimage.binary_dilation` with the same footprint.
 - Mean = nanmean, Recall = fraction of frames > 0.5, Decay = mean of the first minus the last of four
-  bins whose edges are round(linspace(1, N, 5) + 1e-10) - 1 taken modulo 256 (upstream casts to uint8).
+  bins whose edges are round(linspace(1, N, 5) + 1e-10) - 1 taken modulo 256: upstream casts them to uint8
+  (past 256 frames the last bin comes out empty and Decay NaN); its `+ 1` on the end edge does not wrap, as
+  under numpy < 1.24, which its `np.bool` requires.
 """
 from __future__ import annotations
 
@@ -71,8 +73,7 @@ def jaccard(gt: np.ndarray, pred: np.ndarray, void: np.ndarray | None = None) ->
         union &= ~void
     i = inter.sum(axis=(-2, -1))
     u = union.sum(axis=(-2, -1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        j = np.where(u == 0, 1.0, i / np.maximum(u, 1))
+    j = np.where(u == 0, 1.0, i / np.maximum(u, 1))
     return float(j) if j.ndim == 0 else j
 
 
@@ -86,7 +87,7 @@ class Boundary:
         self.shape = masks.shape
         t, y, x = _boundary_pixels(masks)
         self.frame = t
-        # Frames are stacked along a third axis far enough apart that no tolerance disk spans two frames.
+        # Frames are stacked along a third axis, H + W + 2 apart: farther than any two pixels of one frame.
         self.points = np.stack([t * float(sum(self.shape[1:]) + 2), y, x], axis=1).astype(np.float64)
         self.count = np.bincount(t, minlength=self.shape[0])
         self._tree: cKDTree | None = None
@@ -99,10 +100,11 @@ class Boundary:
         out = np.zeros(self.shape[0], dtype=np.int64)
         if len(self.points) == 0 or len(other.points) == 0:
             return out
+        radius = min(radius, sum(self.shape[1:]))  # covers every in-frame pair, never reaches another frame
         # Only points inside the other boundary's per-frame box grown by `radius` can match.
         lo, hi = other._boxes()
-        keep = np.all((self.points[:, 1:] >= lo[self.frame] - radius) & (self.points[:, 1:] <= hi[self.frame] + radius),
-                      axis=1)
+        yx = self.points[:, 1:]
+        keep = np.all((yx >= lo[self.frame] - radius) & (yx <= hi[self.frame] + radius), axis=1)
         if not keep.any():
             return out
         if other._tree is None:

@@ -164,6 +164,7 @@ def propagate_video(model: STMAE, frames: Sequence[Frame], first_masks: dict[int
         h0, w0 = rgb.shape[:2]
         given = first_masks.get(ti)
         if given is not None:
+            given = np.asarray(given)
             if given.shape != (h0, w0):
                 raise ValueError(f"mask of frame {ti} is {given.shape}, frame is {(h0, w0)}")
             ids += [int(i) for i in np.unique(given) if i != 0 and int(i) not in ids]
@@ -171,7 +172,7 @@ def propagate_video(model: STMAE, frames: Sequence[Frame], first_masks: dict[int
             outputs.append(np.zeros((h0, w0), np.uint8))
             continue
         hs, ws = _scaled_size(h0, w0, size) if size > 0 else (h0, w0)
-        image = normalise(torch.from_numpy(np.ascontiguousarray(rgb)).to(device).permute(2, 0, 1))[None]
+        image = normalise(torch.tensor(rgb, device=device).permute(2, 0, 1))[None]
         if (hs, ws) != (h0, w0):
             image = F.interpolate(image, size=(hs, ws), mode="bilinear", align_corners=False)
         image, pad = _pad16(image)
@@ -183,7 +184,7 @@ def propagate_video(model: STMAE, frames: Sequence[Frame], first_masks: dict[int
                 coarse = memory.read(f16)
                 pred = model.decode_coarse(image, f16, f8, f4, coarse)[1][0].float()
         if given is not None:
-            g = torch.from_numpy(given).to(device)[None, None].float()
+            g = torch.tensor(given, device=device)[None, None].float()
             g = _pad16(F.interpolate(g, size=(hs, ws), mode="nearest"))[0][0, 0]
             onehot = torch.stack([(g == i).float() for i in ids])
             if pred is not None:

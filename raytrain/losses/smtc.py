@@ -53,7 +53,8 @@ def semantic_consistency(logits_s: Tensor, logits_t: Tensor, keys_t: Tensor, eps
     L = mean over (b, i, j) of -sum_{n,m} Pi[n,m] sum_s A^t_j[s,m] log(A^s_i[s,n] + 1e-8).
     """
     t = logits_s.shape[1]
-    i, j = (idx.reshape(-1) for idx in torch.meshgrid(torch.arange(t), torch.arange(t), indexing="ij"))
+    frames = torch.arange(t, device=logits_s.device)
+    i, j = (idx.reshape(-1) for idx in torch.meshgrid(frames, frames, indexing="ij"))
     i, j = i[i != j], j[i != j]
     if i.numel() == 0:
         return logits_s.new_zeros((), dtype=torch.float32)

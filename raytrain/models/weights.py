@@ -5,7 +5,7 @@ Accepted ViT files (all mapped to timm's = DINO's names, `head.*` classifier / D
 - DINO training checkpoints (`{'student': ..., 'teacher': ..., 'args': Namespace, ...}`, keys prefixed with
   `module.` and/or `backbone.`); the teacher is taken unless told otherwise;
 - timm state dicts (same names as DINO, plus `head.*`), bare or as timm's training checkpoint `state_dict`;
-- SMTC checkpoints (the student's `encoder.*` part).
+- SMTC checkpoints (the student's `encoder.*` part); a ViT state dict under a 'model' key (DeiT style).
 Accepted SMTC files: upstream's `{'model_state_dict': ...}` and this project's task state `{'model': ...}`.
 Everything is read with torch.load(weights_only=True) (argparse.Namespace allowed, for DINO's `args`).
 """
@@ -64,7 +64,7 @@ def _smtc_state(obj: Any) -> Any:
     """The student state dict of an SMTC checkpoint, or None when `obj` is not one."""
     if isinstance(obj, Mapping):
         for key in ("model_state_dict", "model"):
-            if key in obj:
+            if isinstance(obj.get(key), Mapping):
                 return obj[key]
     return None
 
@@ -73,7 +73,8 @@ def vit_state_dict(obj: Any, path: str | Path, which: str = "teacher") -> dict[s
     """The backbone state dict (timm/DINO names) inside a loaded checkpoint object."""
     smtc = _smtc_state(obj)
     if smtc is not None:
-        obj = {k[len("encoder."):]: v for k, v in smtc.items() if k.startswith("encoder.")}
+        encoder = {k[len("encoder."):]: v for k, v in smtc.items() if k.startswith("encoder.")}
+        obj = encoder or smtc  # no encoder.* keys: a bare ViT under 'model' (DeiT-style checkpoints)
     elif isinstance(obj, Mapping) and ("teacher" in obj or "student" in obj):
         if which not in obj:
             raise ValueError(f"{path} is a DINO training checkpoint without a '{which}' entry "

@@ -102,15 +102,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     torch.manual_seed(cfg.seed)  # identical initialisation on every rank
     task = make_task(job, cfg, device)
 
-    step = 0
+    step, starts = 0, []
     ckpt = ray.train.get_checkpoint()
     if ckpt:
         with ckpt.as_directory() as d:
             state = load_checkpoint_state(d)
         task.load_state_dict(state["task"])
-        step = int(state["step"])
+        step, starts = int(state["step"]), list(state["starts"])
         if rank == 0:
-            log.warning("resuming %s from step %d", config["name"], step)
+            print(f"[{job}] resuming {config['name']} from step {step}", flush=True)
+    starts.append(step)  # where each (re)start of the run began
 
     source = ray.put(ClipSource.from_index(cfg.data, read_index(cfg.data)))
     health = DataHealth.remote()
@@ -120,7 +121,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     writer = None
     if rank == 0:
         from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(config["tensorboard_dir"], purge_step=step)
+        writer = SummaryWriter(config["tensorboard_dir"], purge_step=step + 1)  # drop events past the checkpoint
 
     sums: dict[str, float] = defaultdict(float)
     n, wait, t0 = 0, 0.0, time.perf_counter()
@@ -148,7 +149,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 checkpoint = _save_checkpoint({"task": task.state_dict(), "step": step,
                                                "sampler": {"seed": cfg.seed, "world_size": world,
                                                            "batch_size": cfg.batch_size},
-                                               "config": to_dict(cfg), "job": job})
+                                               "starts": starts, "config": to_dict(cfg), "job": job})
+                if cfg.val_data:
+                    from raytrain.eval.validate import validate
+                    metrics.update(validate(job, task, cfg))
         if writer is not None:
             for k, v in metrics.items():
                 writer.add_scalar(f"train/{k}", v, step)
@@ -169,13 +173,14 @@ def make_trainer(job: str, cfg: RunConfig, callbacks: list | None = None) -> Tor
     tb_dir = os.path.join(storage, name, "tensorboard") if local else str(
         Path("~/ray_results").expanduser() / name / "tensorboard")
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}
+    env = {k: os.environ[k] for k in (FAILURE_ENV,) if k in os.environ}
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"job": job, "cfg": to_dict(cfg), "name": name, "tensorboard_dir": tb_dir},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
-            name=name, storage_path=storage, callbacks=callbacks,
+            name=name, storage_path=storage, callbacks=callbacks, worker_runtime_env={"env_vars": env},
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=3)),
     )

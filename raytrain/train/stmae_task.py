@@ -131,6 +131,9 @@ class STMAETask:
     """
 
     def __init__(self, cfg: STMAEConfig, device: torch.device | str):
+        if cfg.num_frames < 2 or cfg.num_ref_frames < 1 or cfg.max_objects < 1:
+            raise ValueError(f"--num_frames {cfg.num_frames} / --num_ref_frames {cfg.num_ref_frames} / "
+                             f"--max_objects {cfg.max_objects}: need at least 2 frames, 1 reference, 1 object")
         self.cfg = cfg
         self.device = torch.device(device)
         with torch.random.fork_rng(devices=[]):
@@ -145,8 +148,9 @@ class STMAETask:
         self.rank = dist.get_rank() if self.distributed else 0
         recon = OneShotReconstruction(self.model)
         if self.distributed:
-            recon = DistributedDataParallel(recon, device_ids=[self.device.index] if self.device.type == "cuda"
-                                            else None, broadcast_buffers=False)
+            cuda_index = self.device.index if self.device.type == "cuda" else None
+            recon = DistributedDataParallel(recon, device_ids=None if cuda_index is None else [cuda_index],
+                                            broadcast_buffers=False)
         self.recon = recon
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.amp = self.device.type == "cuda"

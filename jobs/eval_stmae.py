@@ -1,0 +1,8 @@
+"""Evaluate STMAE on DAVIS-16/17 or YouTube-VOS 18/19: `python jobs/eval_stmae.py --help`, or
+`ray job submit -- python jobs/eval_stmae.py ...`."""
+import sys
+
+from raytrain.eval.runner import main_stmae
+
+if __name__ == "__main__":
+    main_stmae(sys.argv[1:])

@@ -1,0 +1,268 @@
+"""Per-video evaluation fanned out over a Ray actor pool, and the per-video contract (`VideoResult`, frame and
+mask I/O through a video's filesystem).
+
+An evaluation is three picklable pieces: `build(spec, device) -> model`, `spec` (what to build, e.g. a
+state dict) and `work(model, item, device) -> VideoResult` (one video). `EvalPool` starts `num_actors`
+`EvalActor`s that each build the model once (one GPU per actor when the cluster has GPUs, else CPUs), hands
+them one video at a time and gathers the results in input order; `run_serial` does the same in this process.
+Both call the same `work`, so per-video scores, and `raytrain.eval.davis.combine` over them, are the same.
+
+Fault tolerance, in two layers: Ray restarts a dead actor (`max_restarts`) and retries its in-flight call
+(`max_task_retries`); when an actor is gone for good, the pool kills it, starts a fresh one and resubmits the
+video (up to `max_resubmits` times per video). Errors raised by `work` itself (bad data) are not retried: they
+stop the evaluation with the video's name.
+
+Inputs are read by the actors through `Video.fs` (local folders, NFS, or any URI pyarrow understands), and the
+results travel back as PNG bytes, so only the driver writes outputs: no shared output folder is needed.
+"""
+from __future__ import annotations
+
+import io
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from raytrain.eval.davis import SequenceScores
+from shards.layout import Video
+
+Build = Callable[[Any, torch.device], Any]
+Work = Callable[[Any, Any, torch.device], "VideoResult"]
+Log = Callable[[str], None]
+
+
+@dataclass
+class VideoResult:
+    """What one video's evaluation returns to the driver."""
+
+    name: str
+    masks: dict[str, bytes]  # frame name -> P-mode PNG of object ids, in frame order
+    scores: SequenceScores | None  # per-object per-frame J and F (None: no ground truth to score)
+    seconds: float = 0.0  # time spent in `work`
+    extra: dict[str, bytes] = field(default_factory=dict)  # other files, by path relative to the output folder
+
+
+# ------------------------------------------------------------------------------------------------- I/O
+
+def read_rgb(video: Video, index: int) -> np.ndarray:
+    """Frame `index` of `video` as RGB uint8 [H, W, 3]."""
+    with Image.open(io.BytesIO(video.read(video.jpegs[index]))) as im:
+        return np.array(im.convert("RGB"))
+
+
+def read_clip(video: Video) -> torch.Tensor:
+    """All frames of `video` as uint8 [T, 3, H, W]."""
+    return torch.from_numpy(np.stack([read_rgb(video, i) for i in range(len(video.frames))])).permute(0, 3, 1, 2)
+
+
+class Frames(Sequence):
+    """A video's frames decoded on access (for per-frame consumers such as STMAE's propagation)."""
+
+    def __init__(self, video: Video):
+        self.video = video
+
+    def __len__(self) -> int:
+        return len(self.video.frames)
+
+    def __getitem__(self, index: int) -> np.ndarray:  # type: ignore[override]
+        return read_rgb(self.video, index)
+
+
+def read_png(video: Video, frame: str) -> tuple[np.ndarray, list[int] | None]:
+    """The annotation of `frame` as an id map [H, W] and its palette (None when not a P-mode PNG)."""
+    path = video.annotations.get(frame)
+    if path is None:
+        raise FileNotFoundError(f"video {video.id!r}: no annotation PNG for frame {frame}")
+    with Image.open(io.BytesIO(video.read(path))) as im:
+        palette = im.getpalette() if im.mode == "P" else None
+        ids = np.array(im)
+    if ids.ndim != 2:
+        raise ValueError(f"{path}: expected a single-channel (P or L mode) PNG of object ids, got mode {im.mode}")
+    return ids, palette
+
+
+def read_ground_truth(video: Video) -> np.ndarray | None:
+    """Id maps [T, H, W] of every frame, or None when some frame has no annotation (e.g. DAVIS test-dev)."""
+    if any(f not in video.annotations for f in video.frames):
+        return None
+    return np.stack([read_png(video, f)[0] for f in video.frames])
+
+
+def encode_png(ids: np.ndarray, palette: Sequence[int] | bytes | None) -> bytes:
+    """A P-mode PNG of an id map with `palette` (an L-mode PNG when `palette` is None)."""
+    im = Image.fromarray(np.asarray(ids, dtype=np.uint8))
+    if palette is not None:
+        im.putpalette(list(palette))  # L -> P, values unchanged
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def decode_png(data: bytes) -> tuple[np.ndarray, list[int] | None]:
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im), (im.getpalette() if im.mode == "P" else None)
+
+
+# ------------------------------------------------------------------------------------------ execution
+
+def item_name(item: Any) -> str:
+    return str(getattr(item, "id", item))
+
+
+def _timed(work: Work, model: Any, item: Any, device: torch.device) -> VideoResult:
+    start = time.perf_counter()
+    result = work(model, item, device)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def run_serial(build: Build, spec: Any, work: Work, items: Sequence, *, device: torch.device | str = "cpu",
+               on_result: Callable[[int, VideoResult], None] | None = None, log: Log = print) -> list[VideoResult]:
+    """Evaluate `items` one after the other in this process (no Ray)."""
+    device = torch.device(device)
+    model = build(spec, device)
+    results, start = [], time.perf_counter()
+    for i, item in enumerate(items):
+        results.append(_timed(work, model, item, device))
+        if on_result is not None:
+            on_result(i, results[-1])
+        log(_progress(i + 1, len(items), start, results[-1].name))
+    return results
+
+
+def _progress(done: int, total: int, start: float, name: str) -> str:
+    elapsed = time.perf_counter() - start
+    return f"[eval] {done}/{total} videos ({name}), {done / max(elapsed, 1e-9):.2f} videos/s, {elapsed:.1f} s"
+
+
+class EvalActor:
+    """Holds one model (built once, in `__init__`) and evaluates the videos it is handed."""
+
+    def __init__(self, build: Build, spec: Any, work: Work, threads: int = 1):
+        import ray
+
+        torch.set_num_threads(max(1, threads))
+        self.device = torch.device("cuda") if ray.get_gpu_ids() else torch.device("cpu")
+        self.work = work
+        self.model = build(spec, self.device)
+
+    def ready(self) -> str:
+        return str(self.device)
+
+    def run(self, item: Any) -> VideoResult:
+        return _timed(self.work, self.model, item, self.device)
+
+
+def cluster_has_gpus() -> bool:
+    import ray
+
+    return ray.cluster_resources().get("GPU", 0) >= 1
+
+
+def default_actors(use_gpu: bool, cpus_per_actor: float, num_items: int) -> int:
+    """One actor per GPU, or per `cpus_per_actor` CPUs, never more than there are videos."""
+    import ray
+
+    resources = ray.cluster_resources()
+    slots = int(resources.get("GPU", 0)) if use_gpu else int(resources.get("CPU", 1) // cpus_per_actor)
+    return max(1, min(slots, num_items))
+
+
+class EvalPool:
+    """`num_actors` `EvalActor`s with restarts, task retries and resubmission of videos whose actor died."""
+
+    def __init__(self, build: Build, spec: Any, work: Work, *, num_actors: int = 0, use_gpu: bool | None = None,
+                 cpus_per_actor: float = 1.0, max_restarts: int = 1, max_task_retries: int = 1,
+                 max_resubmits: int = 2, num_items: int | None = None, log: Log = print):
+        import ray
+
+        self.use_gpu = cluster_has_gpus() if use_gpu is None else use_gpu
+        if self.use_gpu and not cluster_has_gpus():
+            raise ValueError("--use_gpu: the Ray cluster has no GPUs")
+        self.num_actors = num_actors or default_actors(self.use_gpu, cpus_per_actor, num_items or 1 << 30)
+        self.max_resubmits = max_resubmits
+        self.log = log
+        self._spec = ray.put(spec)  # the spec (weights) goes to the object store once, not once per actor
+        self._build, self._work = build, work
+        self._options = dict(num_cpus=cpus_per_actor, num_gpus=1 if self.use_gpu else 0,
+                             max_restarts=max_restarts, max_task_retries=max_task_retries)
+        self._threads = max(1, int(cpus_per_actor))
+        start = time.perf_counter()
+        self.actors = [self._start() for _ in range(self.num_actors)]
+        devices = ray.get([a.ready.remote() for a in self.actors])
+        self.startup_s = time.perf_counter() - start
+        log(f"[eval] {self.num_actors} actor(s) ready on {', '.join(sorted(set(devices)))} "
+            f"in {self.startup_s:.1f} s")
+
+    def _start(self) -> Any:
+        import ray
+
+        return ray.remote(EvalActor).options(**self._options).remote(self._build, self._spec, self._work,
+                                                                     self._threads)
+
+    def map(self, items: Sequence, on_result: Callable[[int, VideoResult], None] | None = None
+            ) -> list[VideoResult]:
+        """Evaluate every item; results in input order. `on_result(index, result)` runs as each one arrives."""
+        import ray
+        from ray.exceptions import RayActorError, RayTaskError
+
+        results: list[VideoResult | None] = [None] * len(items)
+        pending = deque(range(len(items)))
+        idle = deque(range(len(self.actors)))
+        running: dict[Any, tuple[int, int]] = {}  # ref -> (actor slot, item index)
+        resubmits = [0] * len(items)
+        done, start = 0, time.perf_counter()
+        while pending or running:
+            while pending and idle:
+                slot, i = idle.popleft(), pending.popleft()
+                running[self.actors[slot].run.remote(items[i])] = (slot, i)
+            (ref,), _ = ray.wait(list(running), num_returns=1)
+            slot, i = running.pop(ref)
+            try:
+                result = ray.get(ref)
+            except RayActorError as e:
+                resubmits[i] += 1
+                if resubmits[i] > self.max_resubmits:
+                    raise RuntimeError(f"video {item_name(items[i])!r}: its actor died {resubmits[i]} times; "
+                                       f"giving up") from e
+                self.log(f"[eval] actor {slot} died while on {item_name(items[i])!r} ({type(e).__name__}); "
+                         f"starting a new actor and resubmitting (attempt {resubmits[i] + 1})")
+                ray.kill(self.actors[slot], no_restart=True)
+                self.actors[slot] = self._start()
+                pending.appendleft(i)
+                idle.append(slot)
+                continue
+            except RayTaskError as e:
+                raise RuntimeError(f"evaluating video {item_name(items[i])!r} failed: {e.cause!r}") from e
+            idle.append(slot)
+            results[i] = result
+            done += 1
+            if on_result is not None:
+                on_result(i, result)
+            self.log(_progress(done, len(items), start, result.name))
+        return results  # type: ignore[return-value]
+
+    def shutdown(self) -> None:
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor, no_restart=True)
+        self.actors = []
+
+
+def run_videos(build: Build, spec: Any, work: Work, items: Sequence, *, num_actors: int = 0,
+               use_gpu: bool | None = None, cpus_per_actor: float = 1.0, max_restarts: int = 1,
+               max_task_retries: int = 1, max_resubmits: int = 2,
+               on_result: Callable[[int, VideoResult], None] | None = None, log: Log = print) -> list[VideoResult]:
+    """Evaluate `items` on a fresh `EvalPool` (Ray must be initialised) and shut it down."""
+    pool = EvalPool(build, spec, work, num_actors=num_actors, use_gpu=use_gpu, cpus_per_actor=cpus_per_actor,
+                    max_restarts=max_restarts, max_task_retries=max_task_retries, max_resubmits=max_resubmits,
+                    num_items=len(items), log=log)
+    try:
+        return pool.map(items, on_result)
+    finally:
+        pool.shutdown()

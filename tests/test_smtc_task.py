@@ -1,0 +1,188 @@
+"""SMTC training task: augmentation, schedule, parameter groups, training steps, resume, DDP."""
+from __future__ import annotations
+
+import io
+import math
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torchvision.transforms.v2 import functional as TF
+
+import raytrain.train.smtc_task as smtc_task
+from raytrain import augment
+from raytrain.configs import SMTCConfig
+from raytrain.models.vit import vit_small
+from raytrain.train.smtc_task import SMTCTask, encoder_lr_scale, learning_rate, param_groups
+
+torch.set_num_threads(2)
+
+TINY = dict(resolution=64, num_slots=4, num_instance=2, batch_size=2, num_frames=2, steps=1000, grad_iter=3,
+            lr=3e-4)
+
+
+def _frames(t: int = 2, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 256, (2, t, 3, 64, 64), generator=torch.Generator().manual_seed(seed),
+                         dtype=torch.uint8)
+
+
+@pytest.mark.parametrize("name", ["brightness", "contrast", "saturation", "hue"])
+def test_jitter_ops_match_torchvision(name):
+    x = torch.rand(3, 2, 3, 16, 20, generator=torch.Generator().manual_seed(0))
+    f = torch.tensor([-0.1, 0.05, 0.3]) if name == "hue" else torch.tensor([0.6, 1.3, 1.0])
+    ours = getattr(augment, f"adjust_{name}")(x, f)
+    ref = torch.stack([getattr(TF, f"adjust_{name}")(x[i], float(f[i])) for i in range(3)])
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-5)
+
+
+def test_blur_and_grayscale_match_torchvision():
+    x = torch.rand(3, 2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    sigma = torch.tensor([0.1, 1.0, 2.0])
+    ours = augment.gaussian_blur(x, sigma, 25)
+    ref = torch.stack([TF.gaussian_blur(x[i], [25, 25], [float(sigma[i])] * 2) for i in range(3)])
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-5)
+    torch.testing.assert_close(augment.rgb_to_grayscale(x), TF.rgb_to_grayscale(x), rtol=0, atol=1e-6)
+    assert augment.blur_kernel_size(256) == 25 and augment.blur_kernel_size(64) == 7
+
+
+def test_augment_parameter_distribution():
+    p = augment.sample_clip_params(20000, torch.Generator().manual_seed(0))
+    assert p.gray.float().mean().item() == pytest.approx(0.2, abs=0.01)
+    assert p.jitter.float().mean().item() == pytest.approx(0.8, abs=0.01)
+    assert p.blur.float().mean().item() == pytest.approx(0.5, abs=0.01)
+    lo, hi = p.factors.amin(0), p.factors.amax(0)
+    torch.testing.assert_close(lo, torch.tensor([0.6, 0.6, 0.6, -0.1]), atol=1e-3, rtol=0)
+    torch.testing.assert_close(hi, torch.tensor([1.4, 1.4, 1.4, 0.1]), atol=1e-3, rtol=0)
+    assert 0.1 <= p.sigma.min() and p.sigma.max() <= 2.0
+    assert sorted(p.order.tolist()) == [0, 1, 2, 3]
+
+
+def test_augment_clips_reproducible_and_same_on_all_frames():
+    frame = _frames(1)
+    clips = torch.cat([frame.expand(-1, 3, -1, -1, -1), frame.flip(-1).expand(-1, 3, -1, -1, -1)])  # 4 clips
+    a = augment.augment_clips(clips, torch.Generator().manual_seed(5))
+    b = augment.augment_clips(clips, torch.Generator().manual_seed(5))
+    c = augment.augment_clips(clips, torch.Generator().manual_seed(6))
+    assert a.shape == (4, 3, 3, 64, 64) and a.dtype == torch.float32
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert torch.equal(a[:, 0], a[:, 1]) and torch.equal(a[:, 0], a[:, 2])  # one parameter set per clip
+    mean = torch.tensor(augment.IMAGENET_MEAN).reshape(3, 1, 1)
+    std = torch.tensor(augment.IMAGENET_STD).reshape(3, 1, 1)
+    assert (a * std + mean).min() >= -1e-5 and (a * std + mean).max() <= 1 + 1e-5
+
+
+def test_learning_rate_schedule():
+    assert learning_rate(0, 2e-5, 10000) == pytest.approx(2e-5)
+    assert learning_rate(5000, 2e-5, 10000) == pytest.approx(0.55 * 2e-5)
+    assert learning_rate(10000, 2e-5, 10000) == pytest.approx(2e-6)
+    assert learning_rate(12000, 2e-5, 10000) == pytest.approx(2e-6)  # no IndexError past the end
+    lrs = [learning_rate(s, 1.0, 100) for s in range(101)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    assert encoder_lr_scale(2999, 3000) == 0.0 and encoder_lr_scale(3000, 3000) == 0.01
+
+
+@pytest.fixture(scope="module")
+def dino_file(tmp_path_factory):
+    torch.manual_seed(42)
+    path = tmp_path_factory.mktemp("dino") / "dino_deitsmall16_pretrain.pth"
+    torch.save(vit_small().state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(dino_file):
+    """A tiny task trained 6 steps on one batch with fixed step seeds (same views and noise every step)."""
+    task = SMTCTask(SMTCConfig(dino_path=str(dino_file), **TINY), torch.device("cpu"))
+    with pytest.MonkeyPatch.context() as mpatch:
+        mpatch.setattr(smtc_task, "step_seeds", lambda seed, rank, step: (11, 12))
+        history = [task.train_step({"frames": _frames()}, step) for step in range(6)]
+    return task, history
+
+
+def test_param_groups_follow_upstream(trained):
+    task, _ = trained
+    names = {id(p): n for n, p in task.model.named_parameters()}
+    groups = [[names[id(p)] for p in g["params"]] for g in task.optimizer.param_groups]
+    assert [g["weight_decay"] for g in task.optimizer.param_groups] == [0.1, 0.0, 0.1, 0.0]
+    assert all(n.startswith("encoder.") for n in groups[0] + groups[1])
+    assert not any(n.startswith("encoder.") for n in groups[2] + groups[3])
+    assert {"encoder.cls_token", "encoder.pos_embed", "encoder.blocks.0.attn.qkv.weight"} <= set(groups[0])
+    assert {"encoder.blocks.0.norm1.weight", "encoder.blocks.0.attn.qkv.bias"} <= set(groups[1])
+    assert {"slot_attention.slots_mu", "slot_attention.slots_sigma", "transport_proj.weight",
+            "mlp_slot.0.weight", "slot_attention.project_q.weight"} <= set(groups[2])
+    assert {"slot_attention.norm_input.weight", "mlp_slot.0.bias"} <= set(groups[3])
+    trainable = sum(p.requires_grad for p in task.model.parameters())
+    assert sum(len(g) for g in groups) == trainable
+    assert param_groups(task.model, 0.5)[0]["weight_decay"] == 0.5
+
+
+def test_training_steps_decrease_the_loss(trained):
+    task, history = trained
+    for m in history:
+        assert set(m) == {"loss", "loss_cons", "loss_diff", "loss_inst", "valid_frac", "lr"}
+        assert all(math.isfinite(v) for v in m.values())
+        assert m["loss"] == pytest.approx(m["loss_cons"] + m["loss_diff"] + m["loss_inst"], abs=1e-5)
+    losses = [m["loss"] for m in history]
+    assert losses[-1] < losses[0] - 0.02, losses
+    assert sum(losses[-3:]) < sum(losses[:3]), losses
+    # DDP runs without find_unused_parameters: every trainable parameter got a gradient
+    assert all(p.grad is not None for g in task.optimizer.param_groups for p in g["params"])
+
+
+def test_teacher_encoder_stays_dino_and_student_moves(trained, dino_file):
+    task, _ = trained
+    dino = torch.load(dino_file, weights_only=True)
+    for name, p in task.teacher.encoder.state_dict().items():
+        assert torch.equal(p, dino[name]), name
+    assert not task.teacher.training and not any(p.requires_grad for p in task.teacher.parameters())
+    # encoder lr x0 for steps 0-2, x0.01 for steps 3-5: the student's encoder has moved a little
+    assert not torch.equal(task.model.encoder.blocks[0].attn.qkv.weight, dino["blocks.0.attn.qkv.weight"])
+    assert not torch.equal(task.teacher.mlp_slot[0].weight, task.model.mlp_slot[0].weight)
+
+
+def test_state_dict_round_trip_gives_identical_next_step(trained):
+    task, _ = trained
+    buffer = io.BytesIO()
+    torch.save(task.state_dict(), buffer)
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)
+    resumed = SMTCTask(SMTCConfig(**TINY), torch.device("cpu"))
+    resumed.load_state_dict(state)
+    batch = {"frames": _frames(seed=3)}
+    a, b = task.train_step(batch, 6), resumed.train_step(batch, 6)
+    assert a == b
+    for (name, p), q in zip(task.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(p, q), name
+    for p, q in zip(task.teacher.parameters(), resumed.teacher.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_bad_batch_is_refused(trained):
+    task, _ = trained
+    with pytest.raises(ValueError, match=r"uint8 \[B, T, 3, 64, 64\]"):
+        task.train_step({"frames": _frames().float()}, 0)
+    with pytest.raises(ValueError, match="--resolution"):
+        task.train_step({"frames": torch.zeros(2, 2, 3, 32, 32, dtype=torch.uint8)}, 0)
+
+
+def _ddp_worker(rank: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    task = SMTCTask(SMTCConfig(**dict(TINY, grad_iter=0)), torch.device("cpu"))
+    for step in range(2):  # DDP without find_unused_parameters fails on the 2nd step if a gradient was missing
+        task.train_step({"frames": _frames(seed=rank)}, step)
+    torch.save(task.model.state_dict(), f"{out}/rank{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_two_processes(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(port, str(tmp_path)), nprocs=2)
+    a, b = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # gradients were averaged: replicas stay identical

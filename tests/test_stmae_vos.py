@@ -1,0 +1,106 @@
+"""STMAE single-video inference on a tiny synthetic video: files, ids, palette, late objects, memory groups."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from raytrain.eval.stmae_vos import (MaskMemory, load_stmae, propagate_video, read_palette, save_masks,
+                                     voc_palette)
+from raytrain.models.stmae import STMAE
+
+torch.set_num_threads(2)
+H, W, N = 64, 96, 12
+
+
+def make_video(root: Path) -> tuple[list[Path], dict[int, Path]]:
+    """JPEG frames with a square (id 2) moving right; a second square (id 5) given from frame 10 on."""
+    rng = np.random.default_rng(0)
+    (root / "JPEGImages").mkdir(parents=True)
+    (root / "Annotations").mkdir()
+    frames, annotations = [], {}
+    for t in range(N):
+        img = rng.integers(0, 80, (H, W, 3), dtype=np.uint8)
+        ids = np.zeros((H, W), np.uint8)
+        ids[16:40, 8 + 4 * t:32 + 4 * t] = 2
+        if t >= 10:
+            ids[44:60, 60:84] = 5
+        img[ids == 2] = (220, 40, 40)
+        img[ids == 5] = (40, 220, 40)
+        frames.append(root / "JPEGImages" / f"{t:05d}.jpg")
+        Image.fromarray(img).save(frames[-1], quality=95)
+        if t in (0, 10):
+            given = ids if t == 0 else np.where(ids == 5, ids, 0).astype(np.uint8)  # only the new object
+            im = Image.fromarray(given)
+            im.putpalette(voc_palette())
+            annotations[t] = root / "Annotations" / f"{t:05d}.png"
+            im.save(annotations[t])
+    return frames, annotations
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "stmae.pth"
+    torch.save(STMAE().state_dict(), path)
+    return path
+
+
+def test_voc_palette():
+    pal = voc_palette()
+    assert len(pal) == 768 and pal[3:6] == [128, 0, 0] and pal[27:30] == [192, 0, 0]
+    assert pal[255 * 3:] == [224, 224, 192]
+
+
+def test_propagate_and_save_synthetic_video(tmp_path, checkpoint):
+    frames, annotations = make_video(tmp_path / "video")
+    given = {t: np.asarray(Image.open(p)) for t, p in annotations.items()}
+    model = load_stmae(checkpoint, "cpu")
+    assert not model.training
+    masks = propagate_video(model, frames, given, mem_every=2, top_k=30, size=32)  # processed at 32x48
+    assert len(masks) == N
+    assert all(m.shape == (H, W) and m.dtype == np.uint8 for m in masks)
+    assert np.array_equal(masks[0], given[0])  # the given mask wins in its frame
+    assert all(set(np.unique(m)) <= {0, 2} for m in masks[:10])  # id 5 unknown before frame 10
+    assert (masks[10][given[10] == 5] == 5).all() and set(np.unique(masks[10])) <= {0, 2, 5}
+    assert set(np.unique(masks[11])) <= {0, 2, 5}
+
+    palette = read_palette(annotations[0])
+    paths = save_masks(masks, tmp_path / "out", [p.name for p in frames], palette)
+    assert [p.name for p in paths] == [f"{t:05d}.png" for t in range(N)]
+    for mask, path in zip(masks, paths):
+        with Image.open(path) as im:
+            assert im.mode == "P" and im.size == (W, H)
+            assert im.getpalette() == palette
+            assert np.array_equal(np.asarray(im), mask)
+
+
+def test_frames_before_the_first_mask_are_background(checkpoint):
+    rng = np.random.default_rng(1)
+    frames = [rng.integers(0, 255, (40, 56, 3), dtype=np.uint8) for _ in range(3)]
+    first = np.zeros((40, 56), np.uint8)
+    first[8:24, 8:24] = 7
+    masks = propagate_video(load_stmae(checkpoint), frames, {1: first}, size=32, top_k=0)
+    iou = ((masks[1] == 7) & (first == 7)).sum() / ((masks[1] == 7) | (first == 7)).sum()
+    assert not masks[0].any() and iou > 0.8  # given mask, resized to 32x44 and back
+    assert masks[2].shape == (40, 56) and set(np.unique(masks[2])) <= {0, 7}
+
+
+def test_memory_groups_read_only_their_frames():
+    memory = MaskMemory(top_k=None)
+    k1, k2 = torch.randn(1, 8, 2, 3), torch.randn(1, 8, 2, 3)
+    m1 = torch.rand(1, 2, 3)
+    m2 = torch.rand(2, 2, 3)  # object 2 joins at the second memory frame
+    memory.add(k1, m1)
+    memory.add(k2, m2)
+    assert memory.starts == [0, 6] and memory.values.shape == (2, 12)
+    q = torch.randn(1, 8, 2, 3)
+    out = memory.read(q)
+    keys = torch.cat([k1.flatten(2), k2.flatten(2)], 2)[0]
+    sim_all = torch.einsum("cn,cp->np", keys, q.flatten(2)[0]).softmax(0)
+    sim_new = torch.einsum("cn,cp->np", k2.flatten(2)[0], q.flatten(2)[0]).softmax(0)
+    torch.testing.assert_close(out[0, 0].flatten(), torch.cat([m1[0].flatten(), m2[0].flatten()]) @ sim_all)
+    torch.testing.assert_close(out[0, 1].flatten(), m2[1].flatten() @ sim_new)

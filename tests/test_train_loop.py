@@ -1,0 +1,71 @@
+"""Both training jobs on a real Ray Train run (2 CPU workers, gloo, real shards): the loss falls, a worker
+killed mid-run resumes from the last checkpoint and the run ends at the planned step, and resubmitting the
+same run name resumes it."""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import pytest
+import torch
+
+from raytrain.configs import SMTCConfig, STMAEConfig
+from raytrain.train.loop import FAILURE_ENV, fit, load_checkpoint_state
+from shards.pack import pack
+from shards.synth import write_davis, write_ytvos
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def shards(ray_local, tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    write_ytvos(root / "yt", num_videos=4, num_frames=16, height=64, num_val=1, seed=2)
+    write_davis(root / "davis", num_videos=4, num_frames=10, height=64, num_val=1, seed=2)
+    pack(str(root / "yt"), str(root / "yt_shards"), layout="ytvos", split="train", shard_size="60KB")
+    pack(str(root / "davis"), str(root / "davis_shards"), layout="davis", split="train", shard_size="60KB")
+    return root
+
+
+def _losses(run_dir):
+    """The loss of every report, by step, read back from the run's TensorBoard events."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir / "tensorboard"))
+    acc.Reload()
+    return {e.step: e.value for e in acc.Scalars("train/loss")}
+
+
+def _run_with_a_killed_worker(cfg, tmp_path, kill_at):
+    marker = tmp_path / "killed"
+    os.environ[FAILURE_ENV] = f"{kill_at}:1:{marker}"
+    try:
+        result = fit("smtc" if isinstance(cfg, SMTCConfig) else "stmae", cfg)
+    finally:
+        del os.environ[FAILURE_ENV]
+    assert marker.exists(), "the failure was not injected"
+    return result
+
+
+@pytest.mark.parametrize("job", ["smtc", "stmae"])
+def test_run_resumes_after_a_killed_worker_and_on_resubmission(job, shards, tmp_path):
+    if job == "smtc":
+        cfg = SMTCConfig(data=str(shards / "yt_shards"), resolution=64, num_slots=4, num_instance=2,
+                         batch_size=2, grad_iter=0, lr=5e-4)
+    else:
+        cfg = STMAEConfig(data=str(shards / "davis_shards"), crop=64, num_frames=4, num_ref_frames=2,
+                          batch_size=2, lr=1e-4, max_skip=[3], max_skip_at=[0.0])
+    cfg = dataclasses.replace(cfg, storage_path=str(tmp_path / "runs"), name=f"{job}-ft", num_workers=2,
+                              steps=12, checkpoint_every=4, log_every=2, clips_per_video=2, max_failures=2)
+    result = _run_with_a_killed_worker(cfg, tmp_path, kill_at=6)
+    state = load_checkpoint_state(result.checkpoint.path)
+    assert state["step"] == 12
+    assert state["starts"] == [0, 4]  # restarted from the step-4 checkpoint, not from scratch
+    losses = _losses(tmp_path / "runs" / f"{job}-ft")
+    assert sorted(losses) == [2, 4, 6, 8, 10, 12]
+    assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
+    assert losses[12] < losses[2], f"loss did not fall: {losses}"
+
+    more = fit(job, dataclasses.replace(cfg, steps=16))  # resubmitting the same run name resumes it
+    state = load_checkpoint_state(more.checkpoint.path)
+    assert state["step"] == 16 and state["starts"] == [0, 4, 12]

@@ -1,0 +1,92 @@
+"""The Tune glue: flags -> search space and trial configs, concurrency from the cluster, the trial table and
+plot; and (slow) a real sweep on synthetic shards, interrupted and restored to completion."""
+from __future__ import annotations
+
+import csv
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import ray.tune
+from PIL import Image
+
+from raytrain.config import from_dict, parse
+from raytrain.configs import SMTCConfig, STMAEConfig
+from raytrain.tune import (SMTCSweepConfig, STMAESweepConfig, _check, format_table, max_concurrent, plot_png,
+                           search_space, table_csv, trial_config, trial_name)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_flags_become_the_search_space():
+    cfg = parse(SMTCSweepConfig, ["--num_slots", "8", "32", "--num_instance", "4", "--lr", "1e-5", "1e-3"])
+    space = search_space(cfg, "smtc")
+    assert space["num_slots"].categories == [8, 32]
+    assert space["num_instance"] == 4  # one value: fixed
+    assert space["gap"].categories == [2, 4]  # the default choices
+    lr = space["lr"]
+    assert (lr.lower, lr.upper) == (1e-5, 1e-3)
+    assert type(lr.get_sampler()) is type(ray.tune.loguniform(1.0, 2.0).get_sampler())
+
+    space = search_space(parse(STMAESweepConfig, ["--lr", "3e-5"]), "stmae")
+    assert space["lr"] == 3e-5
+    assert space["num_ref_frames"].categories == [2, 3] and space["num_frames"].categories == [6, 8]
+
+
+def test_bad_sweep_flags_are_rejected():
+    with pytest.raises(ValueError, match="--lr"):
+        _check(parse(SMTCSweepConfig, ["--lr", "1e-5", "1e-4", "1e-3", "--metric", "loss"]), "smtc")
+    with pytest.raises(ValueError, match="--val_data"):
+        _check(parse(SMTCSweepConfig, []), "smtc")  # val_jf without validation data
+    with pytest.raises(ValueError, match="--mode"):
+        _check(parse(STMAESweepConfig, ["--metric", "loss", "--mode", "lowest"]), "stmae")
+
+
+def test_trial_config_reports_a_checkpoint_and_the_metric_at_every_report():
+    cfg = parse(SMTCSweepConfig, ["--steps", "100", "--checkpoint_every", "20", "--log_every", "5",
+                                  "--resolution", "64", "--num_samples", "3"])
+    base = trial_config(cfg, "smtc")
+    assert base["log_every"] == 20 and base["steps"] == 100 and base["resolution"] == 64
+    assert not {"num_slots", "lr", "num_samples", "metric"} & set(base)
+    trial = from_dict(SMTCConfig, {**base, "num_slots": 8, "num_instance": 2, "gap": 4, "lr": 1e-4})
+    assert (trial.num_slots, trial.lr, trial.checkpoint_every) == (8, 1e-4, 20)
+
+    base = trial_config(parse(STMAESweepConfig, ["--max_skip", "3", "--max_skip_at", "0"]), "stmae")
+    trial = from_dict(STMAEConfig, {**base, "lr": 1e-5, "num_ref_frames": 2, "num_frames": 6})
+    assert trial.max_skip == [3] and trial.num_frames == 6
+
+
+def test_concurrency_follows_the_cluster():
+    gpu = SimpleNamespace(max_concurrent_trials=0, use_gpu=True, num_workers=2, cpus_per_worker=1.0)
+    assert max_concurrent(gpu, {"CPU": 96.0, "GPU": 8.0}) == 4
+    assert max_concurrent(gpu, {"CPU": 8.0}) == 1  # autoscaling cluster without GPU nodes yet
+    cpu = SimpleNamespace(max_concurrent_trials=0, use_gpu=False, num_workers=1, cpus_per_worker=2.0)
+    assert max_concurrent(cpu, {"CPU": 8.0}) == 2
+    assert max_concurrent(SimpleNamespace(**{**vars(cpu), "max_concurrent_trials": 5}), {"CPU": 1.0}) == 5
+
+
+def test_trial_names_follow_the_trial_index():
+    assert trial_name(SimpleNamespace(trial_id="3f2a1_00007")) == "trial_007"
+
+
+def test_table_csv_and_plot():
+    rows = [{"trial": f"trial_00{i}", "status": s, "num_slots": n, "lr": lr, "val_jf": jf, "step": st,
+             "checkpoint": f"/r/trial_00{i}/ck"}
+            for i, (s, n, lr, jf, st) in enumerate([("done", 8, 1e-4, 0.5, 12), ("early-stopped", 16, 2e-3, 0.25, 4),
+                                                   ("error", 8, 3e-5, None, None)])]
+    text = format_table(rows)
+    assert "checkpoint" not in text
+    lines = text.splitlines()
+    assert lines[0].split() == ["trial", "status", "num_slots", "lr", "val_jf", "step"]
+    assert lines[2].split() == ["trial_001", "early-stopped", "16", "0.002", "0.25", "4"]
+    assert lines[3].split()[-2:] == ["-", "-"]
+    back = list(csv.DictReader(io.StringIO(table_csv(rows).decode())))
+    assert [r["val_jf"] for r in back] == ["0.5", "0.25", ""] and back[0]["checkpoint"] == "/r/trial_000/ck"
+    img = Image.open(io.BytesIO(plot_png(rows, ["num_slots", "lr"], "val_jf")))
+    assert img.format == "PNG" and img.width > img.height

@@ -1,0 +1,93 @@
+"""STMAE dataset-level evaluation: a valid YouTube-VOS submission zip, DAVIS-2017 results scored by the DAVIS
+evaluator, DAVIS-2016's 0/255 masks. Tiny random STMAE (weights saved to a file), frames resized to 32 px."""
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from raytrain.eval import davis, vos
+from raytrain.eval.runner import main_stmae, write_davis2016
+from raytrain.models.stmae import STMAE
+from shards.synth import DAVIS_PALETTE, YTVOS_PALETTE
+
+FAST = ["--serial", "--size", "32", "--overlays", "1"]
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("stmae") / "random.pth"
+    torch.save({"network": STMAE(value_dim=64).state_dict()}, path)
+    return path
+
+
+def test_youtube_submission_zip(synth_ytvos, weights, tmp_path):
+    summary = main_stmae(["--dataset", "Y18", "--data", str(synth_ytvos), "--checkpoint", str(weights),
+                          "--out", str(tmp_path), *FAST])
+    assert "global_results" not in summary and not summary["random_weights"]
+    meta = json.loads((synth_ytvos / "valid" / "meta.json").read_text())["videos"]
+    (vid,) = meta
+    wanted = sorted({f for o in meta[vid]["objects"].values() for f in o["frames"]})
+    assert wanted[1] == "00005"  # meta.json lists every 5th frame; the model ran on all frames
+    with zipfile.ZipFile(summary["submission"]) as z:
+        assert sorted(z.namelist()) == [f"Annotations/{vid}/{f}.png" for f in wanted]
+        preds = {}
+        for f in wanted:
+            with Image.open(io.BytesIO(z.read(f"Annotations/{vid}/{f}.png"))) as im:
+                assert im.mode == "P" and im.size == (114, 64)
+                assert bytes(im.getpalette()) == YTVOS_PALETTE
+                preds[f] = np.array(im)
+    ids = {int(k) for k in meta[vid]["objects"]}
+    assert set(np.unique(np.stack(list(preds.values())))) <= ids | {0}
+    # Every object's mask is given where it first appears (objects can start after frame 0): it must be there.
+    late = False
+    for png in sorted((synth_ytvos / "valid" / "Annotations" / vid).glob("*.png")):
+        given = np.array(Image.open(png))
+        late |= png.stem != "00000"
+        for k in set(np.unique(given)) - {0}:
+            assert (preds[png.stem][given == k] == k).all()
+    assert late
+    assert (tmp_path / "overlays" / f"{vid}.gif").is_file()
+
+
+def test_davis17_results_scored_by_the_davis_evaluator(synth_davis, weights, tmp_path):
+    summary = main_stmae(["--dataset", "D17", "--data", str(synth_davis), "--checkpoint", str(weights),
+                          "--out", str(tmp_path), *FAST])
+    seqs = davis.read_sequence_list(synth_davis, "val")
+    for seq in seqs:
+        pngs = sorted((tmp_path / seq).glob("*.png"))
+        assert len(pngs) == len(list((synth_davis / "JPEGImages" / "480p" / seq).glob("*.jpg")))
+        with Image.open(pngs[0]) as im:
+            assert im.mode == "P" and bytes(im.getpalette()) == DAVIS_PALETTE
+    report = davis.evaluate_semi(synth_davis, tmp_path, sequences=seqs, write=False)
+    assert summary["global_results"] == pytest.approx(report.as_dict())
+    assert summary["objects"] == [list(o) for o in report.objects]
+    assert (tmp_path / "global_results-val.csv").is_file() and (tmp_path / "per-sequence_results-val.csv").is_file()
+
+
+def test_davis16_binary_masks(tmp_path, weights):
+    write_davis2016(tmp_path / "d16", num_videos=2, num_frames=5, height=64, num_val=1)
+    (item,) = vos.list_vos_videos("D16", str(tmp_path / "d16"))
+    from raytrain.models.stmae import load_checkpoint
+
+    model = load_checkpoint(weights).eval()
+    result = vos.segment_video(model, item, torch.device("cpu"), vos.VOSSettings(size=32))
+    gt = np.stack([np.array(Image.open(item.video.annotations[f])) for f in item.video.frames])
+    assert set(np.unique(gt)) == {0, 255}
+    preds = []
+    for png in result.masks.values():
+        with Image.open(io.BytesIO(png)) as im:
+            assert im.mode == "L"  # written like the grey-level 2016 annotations
+            preds.append(np.array(im))
+    preds = np.stack(preds)
+    assert set(np.unique(preds)) <= {0, 255}
+    assert (preds[0] == gt[0]).all()  # the given first frame comes back as 255
+    expected = davis.score_semi(gt // 255, preds // 255, item.id)
+    np.testing.assert_array_equal(result.scores.j, expected.j)
+    np.testing.assert_array_equal(result.scores.f, expected.f)
