@@ -3,7 +3,8 @@
 1. One `SMTCTask.train_step` at the upstream model configuration (4 frames, 256^2, 16 slots x 4 instances):
    clips/s and peak memory, on the CPU (float32) and, when available, CUDA (bf16 autocast).
    CPU peak memory is the growth of the process's max RSS over the timed steps (ru_maxrss); CUDA's is
-   torch.cuda.max_memory_allocated.
+   torch.cuda.max_memory_allocated. "process CPU s/step" (all threads) next to the wall time shows how much
+   other load on the machine slowed the run.
 2. `batched_assignment` vs `scipy.optimize.linear_sum_assignment` in a Python loop (what upstream does) on the
    problems of one upstream step: 32 clips x 16 semantic slots x 16 frame pairs, P = 4 (8192 problems).
    The assignments are checked to be identical; times are the best of 5 runs.
@@ -43,14 +44,16 @@ def bench_step(device: torch.device, batch: int, steps: int) -> dict[str, float 
         torch.cuda.reset_peak_memory_stats(device)
     rss_before = _maxrss_mib()
     times = []
+    cpu_start = time.process_time()
     for step in range(1, steps + 1):
         t0 = time.perf_counter()
         task.train_step({"frames": frames}, step)  # returns .item()-ed metrics, so the step has finished
         times.append(time.perf_counter() - t0)
+    cpu_per_step = (time.process_time() - cpu_start) / steps
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else _maxrss_mib() - rss_before
     sec = statistics.median(times)
     return {"device": device.type, "precision": "bf16 autocast" if cuda else "fp32", "batch": batch,
-            "s/step": sec, "clips/s": batch / sec,
+            "s/step": sec, "clips/s": batch / sec, "process CPU s/step": cpu_per_step,
             "peak MiB": peak, "memory": "max_memory_allocated" if cuda else "maxrss growth"}
 
 

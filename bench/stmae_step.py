@@ -58,7 +58,7 @@ def train_row(variant: str, batch: int, args: argparse.Namespace) -> dict[str, f
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for step in range(args.steps):
         task.train_step(data, args.warmup + step)
     if device.type == "cuda":
@@ -67,7 +67,8 @@ def train_row(variant: str, batch: int, args: argparse.Namespace) -> dict[str, f
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     dt = (time.perf_counter() - t0) / args.steps
-    return {"s_per_step": dt, "clips_per_s": batch / dt, "peak_gib": peak}
+    cpu = (time.process_time() - c0) / args.steps
+    return {"s_per_step": dt, "cpu_s_per_step": cpu, "clips_per_s": batch / dt, "peak_gib": peak}
 
 
 def inference_row(args: argparse.Namespace) -> dict[str, float]:
@@ -82,12 +83,12 @@ def inference_row(args: argparse.Namespace) -> dict[str, float]:
     propagate_video(model, frames[:2], {0: first}, device=device, amp=amp)  # warm-up
     if device.type == "cuda":
         torch.cuda.synchronize()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     propagate_video(model, frames, {0: first}, device=device, amp=amp)
     if device.type == "cuda":
         torch.cuda.synchronize()
     dt = time.perf_counter() - t0
-    return {"frames_per_s": len(frames) / dt, "s": dt}
+    return {"frames_per_s": len(frames) / dt, "s": dt, "cpu_s": time.process_time() - c0}
 
 
 def main() -> None:
@@ -124,18 +125,21 @@ def main() -> None:
     mem = "peak GPU memory allocated" if cuda else "peak RSS"
     print(f"\nSTMAE training step ({name}; 8 frames, 3 references, {args.size}^2, 3 objects"
           f"{', bf16' if cuda else ', fp32'}; {args.steps} timed step(s) after {args.warmup} warm-up)\n")
-    print(f"| encoding | batch | s/step | clips/s | {mem} (GiB) | speed vs upstream | memory vs upstream |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"| encoding | batch | s/step | CPU s/step | clips/s | {mem} (GiB) | speed vs upstream | "
+          "memory vs upstream |")
+    print("|---|---|---|---|---|---|---|---|")
     base = {b: r for v, b, r in rows if v == "upstream"}
     for variant, batch, r in rows:
         label = "upstream: all frames with autograd" if variant == "upstream" else "raytrain: frame 0 + refs with autograd"
-        print(f"| {label} | {batch} | {r['s_per_step']:.3f} | {r['clips_per_s']:.3f} | {r['peak_gib']:.2f} | "
-              f"{r['clips_per_s'] / base[batch]['clips_per_s']:.2f}x | {r['peak_gib'] / base[batch]['peak_gib']:.2f}x |")
+        print(f"| {label} | {batch} | {r['s_per_step']:.3f} | {r['cpu_s_per_step']:.1f} | {r['clips_per_s']:.3f} | "
+              f"{r['peak_gib']:.2f} | {r['clips_per_s'] / base[batch]['clips_per_s']:.2f}x | "
+              f"{r['peak_gib'] / base[batch]['peak_gib']:.2f}x |")
     inf = inference_row(args)
     print(f"\nSTMAE inference ({name}; 480x854, {args.video_frames} frames, 2 objects, mem_every 5, top-k 30"
           f"{', bf16' if cuda else ', fp32'})\n")
-    print("| frames | seconds | frames/s |\n|---|---|---|")
-    print(f"| {args.video_frames} | {inf['s']:.2f} | {inf['frames_per_s']:.3f} |")
+    print("| frames | seconds | CPU s | frames/s |\n|---|---|---|---|")
+    print(f"| {args.video_frames} | {inf['s']:.2f} | {inf['cpu_s']:.1f} | {inf['frames_per_s']:.3f} |")
+    print("\nCPU s: process CPU time (all threads); wall times on a shared machine vary with its load.")
 
 
 if __name__ == "__main__":

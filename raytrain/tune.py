@@ -30,6 +30,7 @@ import csv
 import dataclasses
 import io
 import math
+import os
 import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +44,7 @@ from ray.tune.search import BasicVariantGenerator
 
 from raytrain.config import from_dict, given_fields, parse, to_dict
 from raytrain.configs import SMTCConfig, STMAEConfig
-from raytrain.train.launch import CACHE, init_ray, synthetic_shards
+from raytrain.train.launch import CACHE, synthetic_shards
 from raytrain.train.loop import JOBS, make_trainer, run_dir
 from shards.layout import resolve
 
@@ -205,15 +206,23 @@ def make_tuner(job: str, cfg: Any) -> ray.tune.Tuner:
     )
 
 
+def _statuses(results: ray.tune.ResultGrid) -> dict[str, str]:
+    """Tune's status of each trial (TERMINATED, ERROR, PENDING, ...) by trial folder; ResultGrid has no
+    public per-trial status."""
+    return {t.path: t.status for t in results._experiment_analysis.trials}
+
+
 def trial_rows(results: ray.tune.ResultGrid, job: str, metric: str, steps: int) -> list[dict[str, Any]]:
-    """One row per trial: name, status (done / early-stopped / error), searched parameters, last metric,
-    last step and checkpoint."""
+    """One row per trial: name, status (done / early-stopped / error / unfinished), searched parameters,
+    last metric, last step and checkpoint."""
+    statuses = _statuses(results)
     rows = []
     for r in results:
         m = r.metrics or {}
-        step = m.get("step")
-        status = "error" if r.error else "done" if step == steps else "early-stopped"
-        rows.append({"trial": Path(r.path).name, "status": status,
+        step, status = m.get("step"), statuses.get(r.path)
+        rows.append({"trial": Path(r.path).name,
+                     "status": "error" if status == "ERROR" else "unfinished" if status != "TERMINATED"
+                     else "done" if step == steps else "early-stopped",
                      **{k: r.config[k] for k in SEARCHED[job]},
                      metric: m.get(metric), "step": step, "checkpoint": m.get("checkpoint_path")})
     return sorted(rows, key=lambda row: row["trial"])
@@ -280,28 +289,33 @@ def plot_png(rows: list[dict[str, Any]], params: Sequence[str], metric: str) -> 
 def _plot_pil(rows: list[dict[str, Any]], params: Sequence[str], metric: str) -> bytes:
     from PIL import Image, ImageDraw
 
-    pw, ph, m = 220, 180, 34  # panel size, margin
+    pw, ph = 240, 200  # panel size
+    left, top, right, bottom = 46, 22, 12, 36  # plot-area margins inside a panel
     img = Image.new("RGB", (pw * len(params), ph), "white")
     draw = ImageDraw.Draw(img)
     ys = [r[metric] for r in rows]
     lo, hi = (min(ys), max(ys)) if ys else (0.0, 1.0)
     span = hi - lo or 1.0
     for i, p in enumerate(params):
-        x0, x1, y0, y1 = i * pw + m, (i + 1) * pw - 10, 10, ph - m
+        x0, x1, y0, y1 = i * pw + left, (i + 1) * pw - right, top, ph - bottom
+        draw.text((x0, 4), f"{metric} vs {p}", fill="black")
         draw.rectangle([x0, y0, x1, y1], outline="black")
-        draw.text((x0, y1 + 14), p, fill="black")
-        draw.text((2 + i * pw, y0), _fmt(hi), fill="black")
-        draw.text((2 + i * pw, y1 - 10), _fmt(lo), fill="black")
+        draw.text((i * pw + 2, y0), _fmt(hi), fill="black")
+        draw.text((i * pw + 2, y1 - 10), _fmt(lo), fill="black")
+        draw.text(((x0 + x1) // 2 - 3 * len(p), y1 + 20), p, fill="black")
         if not rows:
             continue
         values = [r[p] for r in rows]
-        for v, xf in sorted(zip(values, _panel_positions(values, p in LOG_UNIFORM))):
-            draw.text((x0 + xf * (x1 - x0 - 20) + 4, y1 + 2), _fmt(v), fill="gray")
-        for xf, y in zip(_panel_positions(values, p in LOG_UNIFORM), ys):
-            cx = x0 + 10 + xf * (x1 - x0 - 20)
+        xs = [x0 + 12 + f * (x1 - x0 - 24) for f in _panel_positions(values, p in LOG_UNIFORM)]
+        ticks = dict(zip(values, xs))
+        if p in LOG_UNIFORM:  # the ends of the log axis only
+            ticks = {v: ticks[v] for v in (min(values), max(values))}
+        for v, x in ticks.items():
+            label = f"{v:.1e}" if p in LOG_UNIFORM else _fmt(v)
+            draw.text((x - 3 * len(label), y1 + 4), label, fill="gray")
+        for x, y in zip(xs, ys):
             cy = y1 - 8 - (y - lo) / span * (y1 - y0 - 16)
-            draw.ellipse([cx - 4, cy - 4, cx + 4, cy + 4], fill=(31, 119, 180))
-    draw.text((4, ph - 14), f"y: {metric}", fill="black")
+            draw.ellipse([x - 4, cy - 4, x + 4, cy + 4], fill=(31, 119, 180))
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
@@ -326,6 +340,8 @@ def summarize(results: ray.tune.ResultGrid, job: str, cfg: Any) -> dict[str, Any
     _write(posixpath.join(folder, "trials.csv"), table_csv(rows))
     _write(posixpath.join(folder, f"{metric}_vs_params.png"), plot_png(rows, SEARCHED[job], metric))
     print(f"\ntable: {posixpath.join(folder, 'trials.csv')}\nplot:  {posixpath.join(folder, f'{metric}_vs_params.png')}")
+    if any(r["status"] == "unfinished" for r in rows):
+        print("the sweep was interrupted: run the same command again to resume it")
     scored = [r for r in rows if r[metric] is not None and math.isfinite(r[metric])]
     if not scored:
         print(f"no trial reported {metric}")
@@ -354,6 +370,19 @@ def synthetic_val(seed: int = 0) -> str:
     return str(root)
 
 
+def _init_ray(extra_cpus: int) -> None:
+    """`init_ray`, except that a local Ray keeps its dashboard: Train's PlacementGroupCleaner frees the
+    worker placement group of a stopped trial (ASHA) only through the state API, without which every
+    early-stopped trial keeps its CPUs/GPUs reserved and the sweep stalls."""
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    try:
+        ray.init(address=os.environ.get("RAY_ADDRESS", "auto"))
+    except ConnectionError:
+        ray.init(num_cpus=(os.cpu_count() or 1) + extra_cpus, include_dashboard=True)
+
+
 def main(job: str, argv: Sequence[str] | None = None) -> None:
     """`python jobs/tune_<job>.py [flags]`: run the sweep and print its table and best trial."""
     cls = SWEEPS[job]
@@ -366,7 +395,7 @@ def main(job: str, argv: Sequence[str] | None = None) -> None:
         if "val_data" not in given:
             cfg = dataclasses.replace(cfg, val_data=synthetic_val(cfg.seed))
     _check(cfg, job)
-    init_ray(extra_cpus=cfg.num_workers + 1)
+    _init_ray(extra_cpus=cfg.num_workers + 1)
     if not cfg.data:
         cfg = dataclasses.replace(cfg, data=synthetic_shards(job, cfg.seed))
     run_sweep(job, cfg)

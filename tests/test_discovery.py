@@ -1,5 +1,5 @@
 """SMTC object discovery: windows, candidates -> <= 20 consistent proposals (official), the smtc-paper
-protocol, and one video end to end with a tiny random SMTC."""
+protocol, and one video end to end with a small random SMTC (one torch thread: the inputs are tiny)."""
 from __future__ import annotations
 
 import dataclasses
@@ -16,6 +16,14 @@ from raytrain.models.smtc import SMTC
 from shards.layout import list_videos
 
 NUM_CANDIDATES = 64  # 16 semantic x 4 instance slots
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _gt(root) -> np.ndarray:

@@ -62,9 +62,11 @@ def _records(path: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def cluster():
     root = tempfile.mkdtemp(prefix="rtft-", dir="/tmp")  # short: Ray's socket paths must fit 107 chars
-    saved = {k: os.environ.get(k) for k in ("RAY_TMPDIR", "RAY_AUTH_MODE", "RAY_ADDRESS")}
-    # Own temp dir: the cluster's address file must not make other Ray drivers on this machine join it.
-    os.environ.update(RAY_TMPDIR=root, RAY_AUTH_MODE="disabled")
+    env = {"RAY_TMPDIR": root, "RAY_AUTH_MODE": "disabled", "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "600"}
+    saved = {k: os.environ.get(k) for k in (*env, "RAY_ADDRESS")}
+    # Inherited by the cluster's processes. Own temp dir: the cluster's address file must not make other Ray
+    # drivers on this machine join it. Worker groups may take minutes to start on a busy machine.
+    os.environ.update(env)
     os.environ.pop("RAY_ADDRESS", None)
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     try:
@@ -109,12 +111,14 @@ def test_training_survives_the_loss_of_a_node(cluster, shards, tmp_path):
     def remove_a_worker_node() -> None:
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
-            if any(r.get("checkpoint") for r in _records(log)):
+            reports = [r for r in _records(log) if "step" in r]
+            first_checkpoint = next((r["step"] for r in reports if r["checkpoint"]), None)
+            if first_checkpoint and reports[-1]["step"] > first_checkpoint:  # mid-way between checkpoints
                 held = _worker_nodes()
                 victims = [n for n in nodes if n.node_id in held]
                 if len(held) == 2 and victims:
                     removed["t"] = time.time()
-                    removed["step"] = max(r["step"] for r in _records(log) if "step" in r)
+                    removed["step"] = reports[-1]["step"]
                     removed["node"] = victims[0].node_id
                     c.remove_node(victims[0], allow_graceful=False)
                     return
@@ -152,11 +156,12 @@ def test_tune_trial_is_retried_from_its_checkpoint(cluster, shards, tmp_path):
         "--batch_size", "2", "--clips_per_video", "2", "--grad_iter", "0", "--steps", "8",
         "--checkpoint_every", "2", "--num_workers", "1", "--metric", "loss", "--mode", "min",
         "--max_failures", "0", "--trial_failures", "1"])
-    # The training worker (rank 0) dies once at step 5, after the checkpoint of step 4; with no Train-level
-    # restarts the trial fails and Tune retries it.
+    # The training worker (rank 0) dies once, after training step 5; with no Train-level restarts the trial
+    # fails and Tune retries it. The controller registers a report when it next polls the workers, so the
+    # poll is made short here: the checkpoint of step 4 must be registered before the worker dies.
     ray.shutdown()
-    ray.init(address=c.address, log_to_driver=False,
-             runtime_env={"env_vars": {FAILURE_ENV: f"5:0:{marker}"}})
+    ray.init(address=c.address, log_to_driver=False, runtime_env={"env_vars": {
+        FAILURE_ENV: f"5:0:{marker}", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}})
     try:
         results, best = run_sweep("smtc", cfg)
     finally:
@@ -168,9 +173,14 @@ def test_tune_trial_is_retried_from_its_checkpoint(cluster, shards, tmp_path):
     assert trial.error is None
     assert trial.metrics["step"] == 8 and best["status"] == "done"
     assert load_checkpoint_state(trial.metrics["checkpoint_path"])["step"] == 8
-    # TensorBoard of the trial's Train run: one event file per attempt; the retry starts after step 4.
+    # TensorBoard of the trial's Train run, one event file per attempt: the retry resumed from a checkpoint
+    # of the first attempt (step 4, or step 2 if the controller had not polled the last report yet), not
+    # from scratch, and went on to step 8 (reports every 2 steps).
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
     files = sorted((tmp_path / "sweeps" / "retry" / "train" / "trial_000" / "tensorboard").glob("events.*"))
     steps = [sorted({e.step for e in EventFileLoader(str(f)).Load() if e.summary.value}) for f in files]
-    assert steps == [[2, 4], [6, 8]]
+    first, retry = steps
+    resumed_at = retry[0] - 2
+    assert resumed_at in first and first[-1] - resumed_at <= 2
+    assert retry == list(range(resumed_at + 2, 9, 2))

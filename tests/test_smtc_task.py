@@ -161,10 +161,12 @@ def test_state_dict_round_trip_gives_identical_next_step(trained):
 
 def test_bad_batch_is_refused(trained):
     task, _ = trained
-    with pytest.raises(ValueError, match=r"uint8 \[B, T, 3, 64, 64\]"):
+    with pytest.raises(ValueError, match=r"uint8 \[B, 2, 3, 64, 64\]"):
         task.train_step({"frames": _frames().float()}, 0)
     with pytest.raises(ValueError, match="--resolution"):
         task.train_step({"frames": torch.zeros(2, 2, 3, 32, 32, dtype=torch.uint8)}, 0)
+    with pytest.raises(ValueError, match="--num_frames"):
+        task.train_step({"frames": _frames(t=3)}, 0)
 
 
 def _ddp_worker(rank: int, port: int, out: str) -> None:

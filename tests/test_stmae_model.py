@@ -8,7 +8,8 @@ import torchvision
 from safetensors.torch import save_file
 
 from raytrain.models.resnet_weights import load_resnet
-from raytrain.models.stmae import STMAE, load_checkpoint, readout_masks, similarity, softmax_affinity
+from raytrain.models.stmae import (STMAE, checkpoint_weights, load_checkpoint, readout_masks, similarity,
+                                   softmax_affinity)
 from raytrain.models.stmae_modules import aggregate
 
 torch.set_num_threads(2)
@@ -21,22 +22,25 @@ def model() -> STMAE:
 
 
 def test_shapes_through_every_stage(model: STMAE):
-    b, t, m, s = 2, 3, 3, 64
-    frames = torch.randn(b, t, 3, s, s)
+    b, t, m, h, w = 2, 2, 3, 32, 48
+    frames = torch.randn(b, t, 3, h, w)
     with torch.no_grad():
         f16, f8, f4 = model.encode_key(frames)
-        assert f16.shape == (b, t, 1024, 4, 4) and f8.shape == (b, t, 512, 8, 8) and f4.shape == (b, t, 256, 16, 16)
+        assert f16.shape == (b, t, 1024, 2, 3) and f8.shape == (b, t, 512, 4, 6) and f4.shape == (b, t, 256, 8, 12)
         keys = f16.transpose(1, 2)  # B, C, T, h, w
-        memory = torch.rand(b, m, t - 1, 4, 4)
-        coarse = model.read_masks(f16[:, -1], keys[:, :, :-1], memory)
-        assert coarse.shape == (b, m, 4, 4)
+        memory = torch.rand(b, m, 1, 2, 3)
+        coarse = model.read_masks(f16[:, 1], keys[:, :, :1], memory)
+        assert coarse.shape == (b, m, 2, 3)
         assert coarse.min() >= 0 and coarse.max() <= 1
-        g16 = model.encode_value(frames[:, -1], f16[:, -1], torch.rand(b, m, s, s))
-        assert g16.shape == (b, m, 512, 4, 4)
-        logits, prob, prob_bg = model.segment(f16[:, -1], f8[:, -1], f4[:, -1], g16)
-        assert logits.shape == (b, m + 1, s, s) and prob.shape == (b, m, s, s) and prob_bg.shape == (b, m + 1, s, s)
-        out = model(frames[:, -1], f16[:, -1], f8[:, -1], f4[:, -1], keys[:, :, :-1], memory)
-        assert [o.shape for o in out] == [logits.shape, prob.shape, prob_bg.shape]
+        up = torch.nn.functional.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
+        g16 = model.encode_value(frames[:, 1], f16[:, 1], up)
+        assert g16.shape == (b, m, 512, 2, 3)
+        logits, prob, prob_bg = model.segment(f16[:, 1], f8[:, 1], f4[:, 1], g16)
+        assert logits.shape == (b, m + 1, h, w) and prob.shape == (b, m, h, w) and prob_bg.shape == (b, m + 1, h, w)
+        torch.testing.assert_close(prob, prob_bg[:, 1:])
+        out = model(frames[:, 1], f16[:, 1], f8[:, 1], f4[:, 1], keys[:, :, :1], memory)  # = the stages above
+        for a, e in zip(out, (logits, prob, prob_bg)):
+            torch.testing.assert_close(a, e)
 
 
 def test_readout_is_softmax_over_memory_dot_products():
@@ -107,25 +111,28 @@ def test_checkpoint_round_trips(tmp_path):
     torch.manual_seed(1)
     net = STMAE(value_dim=64).eval()
     x = torch.randn(1, 3, 32, 32)
+    memory = torch.rand(1, 2, 1, 2, 2)
     with torch.no_grad():
         f16, f8, f4 = net.encode_key(x)
-        ref = net(x, f16, f8, f4, f16.unsqueeze(2), torch.rand(1, 2, 1, 2, 2, generator=torch.Generator().manual_seed(0)))
+        ref = net(x, f16, f8, f4, f16.unsqueeze(2), memory)
     sd = net.state_dict()
-    for name, obj in [("plain.pth", sd), ("network.pth", {"epoch": 3, "it": 10, "network": sd}),
-                      ("task.pth", {"task": {"model": sd, "optimizer": {}}, "step": 5})]:
-        torch.save(obj, tmp_path / name)
-        loaded = load_checkpoint(tmp_path / name).eval()
-        assert loaded.value_dim == 64  # inferred from value_encoder.fuser.block2.conv2.weight
-        with torch.no_grad():
-            out = loaded(x, f16, f8, f4, f16.unsqueeze(2), torch.rand(1, 2, 1, 2, 2, generator=torch.Generator().manual_seed(0)))
-        for a, b in zip(out, ref):
+    torch.save(sd, tmp_path / "plain.pth")  # the released format
+    loaded = load_checkpoint(tmp_path / "plain.pth").eval()
+    assert loaded.value_dim == 64  # inferred from value_encoder.fuser.block2.conv2.weight
+    with torch.no_grad():
+        for a, b in zip(loaded(x, f16, f8, f4, f16.unsqueeze(2), memory), ref):
             torch.testing.assert_close(a, b)
 
-    single = dict(sd)  # a single-object (stage-0) checkpoint: 4-channel mask-encoder conv1
+    single = dict(sd)  # an upstream training checkpoint of a single-object (stage-0) model
     single["value_encoder.conv1.weight"] = sd["value_encoder.conv1.weight"][:, :4].clone()
-    torch.save(single, tmp_path / "single.pth")
-    conv1 = load_checkpoint(tmp_path / "single.pth").value_encoder.conv1.weight
+    torch.save({"epoch": 3, "it": 10, "network": single, "optimizer": {}}, tmp_path / "network.pth")
+    loaded = load_checkpoint(tmp_path / "network.pth").state_dict()
+    conv1 = loaded.pop("value_encoder.conv1.weight")
     assert torch.equal(conv1[:, :4], single["value_encoder.conv1.weight"]) and not conv1[:, 4].any()
+    assert all(torch.equal(v, sd[k]) for k, v in loaded.items())
+
+    task_state = {"task": {"model": {f"module.{k}": v for k, v in sd.items()}, "optimizer": {}}, "step": 5}
+    assert checkpoint_weights(task_state, "state.pt").keys() == sd.keys()
 
 
 def test_wrong_checkpoints_refused(tmp_path):

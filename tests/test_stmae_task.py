@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from raytrain.configs import STMAEConfig
-from raytrain.train.stmae_task import STMAETask, lr_at, sample_references, step_generator
+from raytrain.train.stmae_task import OneShotReconstruction, STMAETask, lr_at, sample_references, step_generator
 
 torch.set_num_threads(2)
 
@@ -34,7 +34,7 @@ def make_batch(seed: int = 0, b: int = 2, t: int = 4, s: int = 64) -> dict[str, 
 
 @pytest.fixture(scope="module")
 def task() -> STMAETask:
-    return STMAETask(tiny_cfg(crop=32), "cpu")
+    return STMAETask(tiny_cfg(crop=32, num_frames=3, num_ref_frames=1), "cpu")
 
 
 def test_reference_sampling():
@@ -63,7 +63,7 @@ def _loss_and_grads(task: STMAETask, batch: dict, step: int) -> tuple[dict, list
 
 
 def test_only_first_frame_masks_reach_the_loss(task: STMAETask):
-    batch = make_batch(s=32)
+    batch = make_batch(t=3, s=32)
     other = {k: v.clone() for k, v in batch.items()}
     other["masks"][:, 1:] = torch.randint(0, 3, other["masks"][:, 1:].shape, dtype=torch.uint8)
     loss_a, grads_a = _loss_and_grads(task, batch, step=1)
@@ -77,8 +77,26 @@ def test_only_first_frame_masks_reach_the_loss(task: STMAETask):
         assert task.compute_loss(changed, 1)["loss"] != loss_a["loss"]
 
 
+class _EncodeAllWithGrad(OneShotReconstruction):
+    def encode(self, frames: torch.Tensor, refs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.net.encode_key(frames)
+
+
+def test_partial_autograd_encoding_matches_encoding_everything(task: STMAETask):
+    batch = make_batch(seed=2, t=3, s=32)
+    loss, grads = _loss_and_grads(task, batch, step=4)
+    recon, task.recon = task.recon, _EncodeAllWithGrad(task.model)  # upstream: graph of all frames
+    try:
+        loss_all, grads_all = _loss_and_grads(task, batch, step=4)
+    finally:
+        task.recon = recon
+    torch.testing.assert_close(loss, loss_all)
+    for g, g_all in zip(grads, grads_all):
+        torch.testing.assert_close(g, g_all, rtol=1e-4, atol=1e-6)
+
+
 def test_bad_batch_refused(task: STMAETask):
-    batch = make_batch(s=32)
+    batch = make_batch(t=3, s=32)
     batch["num_objects"] = torch.tensor([4, 1])
     with pytest.raises(ValueError, match="max_objects"):
         task.compute_loss(batch, 0)
@@ -97,7 +115,7 @@ def test_imagenet_weights_from_config(tmp_path):
 def test_training_reduces_loss_and_state_round_trips():
     task = STMAETask(tiny_cfg(), "cpu")
     batch = make_batch(1)
-    metrics = [task.train_step(batch, 0) for _ in range(3)]  # same step index: same references
+    metrics = [task.train_step(batch, 0) for _ in range(2)]  # same step index: same references
     assert set(metrics[0]) == {"loss", "loss_ce", "loss_dice", "lr"} and metrics[0]["lr"] == 1e-4
     with torch.no_grad():
         after = task.compute_loss(batch, 0)["loss"].item()
@@ -113,7 +131,7 @@ def test_training_reduces_loss_and_state_round_trips():
     for a, b in zip(task.model.state_dict().values(), fresh.model.state_dict().values()):
         assert torch.equal(a, b)
     for a, b in zip(task.optimizer.state_dict()["state"].values(), fresh.optimizer.state_dict()["state"].values()):
-        assert a["step"] == b["step"] == 3 and torch.equal(a["exp_avg_sq"], b["exp_avg_sq"])
+        assert a["step"] == b["step"] == 2 and torch.equal(a["exp_avg_sq"], b["exp_avg_sq"])
 
 
 def _ddp_worker(rank: int, world: int, init_file: str, out: str) -> None:

@@ -6,8 +6,7 @@ import csv
 import io
 import os
 import signal
-import subprocess
-import sys
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,10 +17,11 @@ from PIL import Image
 
 from raytrain.config import from_dict, parse
 from raytrain.configs import SMTCConfig, STMAEConfig
+from raytrain.train.loop import load_checkpoint_state
 from raytrain.tune import (SMTCSweepConfig, STMAESweepConfig, _check, format_table, max_concurrent, plot_png,
-                           search_space, table_csv, trial_config, trial_name)
-
-REPO = Path(__file__).resolve().parents[1]
+                           run_sweep, search_space, table_csv, trial_config, trial_name)
+from shards.pack import pack
+from shards.synth import write_davis, write_ytvos
 
 
 def test_flags_become_the_search_space():
@@ -90,3 +90,76 @@ def test_table_csv_and_plot():
     assert [r["val_jf"] for r in back] == ["0.5", "0.25", ""] and back[0]["checkpoint"] == "/r/trial_000/ck"
     img = Image.open(io.BytesIO(plot_png(rows, ["num_slots", "lr"], "val_jf")))
     assert img.format == "PNG" and img.width > img.height
+
+
+@pytest.fixture(scope="module")
+def ray_slow_start():
+    """A local Ray as the tune jobs start it: with the dashboard, whose state API frees the placement groups
+    of stopped trials; Train worker groups may take minutes to start on a busy machine."""
+    saved = os.environ.get("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S")
+    os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = "600"  # inherited by the Ray processes
+    ray.init(num_cpus=4, include_dashboard=True, object_store_memory=int(1e9), log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        if saved is None:
+            del os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"]
+        else:
+            os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = saved
+
+
+def _event_steps(folder: Path) -> list[list[int]]:
+    """Steps logged to TensorBoard, per event file (one file per start of the Train run)."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    return [sorted({e.step for e in EventFileLoader(str(f)).Load() if e.summary.value})
+            for f in sorted(folder.glob("events.*"))]
+
+
+@pytest.mark.slow
+def test_sweep_is_interrupted_restored_and_summarized(ray_slow_start, tmp_path, capsys):
+    write_ytvos(tmp_path / "yt", num_videos=3, num_frames=12, height=64, num_val=1, seed=5)
+    pack(str(tmp_path / "yt"), str(tmp_path / "shards"), layout="ytvos", split="train", shard_size="60KB")
+    write_davis(tmp_path / "davis", num_videos=2, num_frames=5, height=64, num_val=1, seed=5)
+    cfg = parse(SMTCSweepConfig, [
+        "--data", str(tmp_path / "shards"), "--val_data", str(tmp_path / "davis"), "--val_videos", "1",
+        "--storage_path", str(tmp_path / "sweeps"), "--name", "sw", "--num_samples", "2",
+        "--max_concurrent_trials", "2", "--steps", "4", "--checkpoint_every", "2", "--grace_steps", "2",
+        "--num_slots", "4", "8", "--num_instance", "2", "--gap", "2", "4", "--lr", "1e-4", "1e-3",
+        "--resolution", "64", "--batch_size", "2", "--clips_per_video", "2", "--grad_iter", "0"])
+    sweep = tmp_path / "sweeps" / "sw"
+
+    checkpointed: list[str] = []
+
+    def interrupt_after_first_checkpoint() -> None:
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline and not checkpointed:
+            checkpointed.extend(p.parent.name for p in sweep.glob("train/trial_*/checkpoint_*"))
+            time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGUSR1)  # Tune's graceful stop, as on Ctrl+C
+
+    watcher = threading.Thread(target=interrupt_after_first_checkpoint, daemon=True)
+    watcher.start()
+    results, _ = run_sweep("smtc", cfg)
+    watcher.join(timeout=1)
+    assert "the sweep was interrupted" in capsys.readouterr().out
+    first = {Path(r.path).name: r.metrics.get("step") for r in results}
+    assert sorted(first) == ["trial_000", "trial_001"] and min(s or 0 for s in first.values()) < 4
+
+    results, best = run_sweep("smtc", cfg)
+    out = capsys.readouterr().out
+    assert "restoring the sweep" in out and "interrupted" not in out
+    rows = list(csv.DictReader((sweep / "trials.csv").open()))
+    assert [r["trial"] for r in rows] == ["trial_000", "trial_001"]
+    for row in rows:
+        assert row["status"] in ("done", "early-stopped")
+        assert (row["status"] == "done") == (row["step"] == "4")
+        assert 0.0 <= float(row["val_jf"]) <= 1.0 and row["num_instance"] == "2"
+    # The trial interrupted after its checkpoint of step 2 resumed from it: TensorBoard (one event file per
+    # start of its Train run) has no step twice.
+    steps = sum(_event_steps(sweep / "train" / checkpointed[0] / "tensorboard"), [])
+    assert steps == sorted(set(steps)) and steps[0] == 2
+    assert load_checkpoint_state(best["checkpoint"])["step"] == best["step"]
+    assert f"best checkpoint: {best['checkpoint']}" in out
+    assert Image.open(sweep / "val_jf_vs_params.png").format == "PNG"

@@ -236,10 +236,10 @@ def _pair_scores(objects: np.ndarray, proposals: np.ndarray, void: np.ndarray, r
                  ) -> tuple[np.ndarray, np.ndarray]:
     """J and F [proposals, objects] of one frame (void pixels removed from both)."""
     proposals = proposals & ~void
-    p = proposals.reshape(len(proposals), -1).astype(np.float64)
-    g = objects.reshape(len(objects), -1).astype(np.float64)
-    inter = p @ g.T
-    union = p.sum(1)[:, None] + g.sum(1)[None] - inter
+    p = proposals.reshape(len(proposals), -1).astype(np.float32)  # pixel counts < 2**24: exact
+    g = objects.reshape(len(objects), -1).astype(np.float32)
+    inter = (p @ g.T).astype(np.float64)
+    union = p.sum(1, dtype=np.float64)[:, None] + g.sum(1, dtype=np.float64)[None] - inter
     j = np.where(union == 0, 1.0, inter / np.maximum(union, 1))
     gb = [Boundary(o[None]) for o in objects]
     pb = [Boundary(q[None]) for q in proposals]

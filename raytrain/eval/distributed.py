@@ -186,14 +186,20 @@ class EvalPool:
         self.num_actors = num_actors or default_actors(self.use_gpu, cpus_per_actor, num_items or 1 << 30)
         self.max_resubmits = max_resubmits
         self.log = log
-        self._spec = ray.put(spec)  # the spec (weights) goes to the object store once, not once per actor
+        # The spec (weights) goes to the object store once, not once per actor. Ray logs that restartable actors
+        # have constructor arguments there; the pool holds this reference as long as its actors may restart.
+        self._spec = ray.put(spec)
         self._build, self._work = build, work
         self._options = dict(num_cpus=cpus_per_actor, num_gpus=1 if self.use_gpu else 0,
                              max_restarts=max_restarts, max_task_retries=max_task_retries)
         self._threads = max(1, int(cpus_per_actor))
         start = time.perf_counter()
         self.actors = [self._start() for _ in range(self.num_actors)]
-        devices = ray.get([a.ready.remote() for a in self.actors])
+        try:
+            devices = ray.get([a.ready.remote() for a in self.actors])
+        except BaseException:
+            self.shutdown()
+            raise
         self.startup_s = time.perf_counter() - start
         log(f"[eval] {self.num_actors} actor(s) ready on {', '.join(sorted(set(devices)))} "
             f"in {self.startup_s:.1f} s")

@@ -35,7 +35,6 @@ Deviations from upstream:
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from typing import Callable
 
@@ -179,14 +178,6 @@ def _decode(soft: torch.Tensor, grid: tuple[int, int], preset: Preset, ids: np.n
     return ids[pil_nearest(up.argmax(0), out_size).cpu().numpy()]
 
 
-def _rows_per_chunk(h: int, w: int, reach: int, n_full: int, n_band: int, max_elements: int) -> int:
-    """Query rows per chunk: small enough that the window's rows cut the key set, within the memory bound."""
-    rows = max(1, (reach + 1) // 2)
-    while rows > 1 and rows * w * (n_full * h * w + n_band * min(h, rows + 2 * reach) * w) > max_elements:
-        rows -= 1
-    return rows
-
-
 def context_frames(target: int, preset: Preset) -> list[int]:
     """Context of a target frame: frame 0, then the short-term frames (CRW: frame 0 stands in before the start)."""
     if preset.pad_with_first:
@@ -235,8 +226,6 @@ def propagate(features: torch.Tensor, first_labels: np.ndarray, preset: Preset,
     labels = torch.zeros(len(features), len(ids), hw, device=device)
     labels[0] = soft
     outside = ~neighbourhood(grid, preset, device).T  # [queries, keys]
-    h, w = grid
-    reach = int(preset.radius) if preset.square_window else math.ceil(preset.radius) - 1  # largest |dy| inside
     outputs = [first_labels.copy()]
     for target in range(1, len(features)):
         ctx = context_frames(target, preset)
@@ -246,39 +235,23 @@ def propagate(features: torch.Tensor, first_labels: np.ndarray, preset: Preset,
         windowed = torch.zeros(len(uniq), device=device)  # copies with the window
         for j, frame in enumerate(ctx):
             (windowed if j > 0 or preset.restrict_first else free)[uniq.index(frame)] += 1
-        full = [n for n in range(len(uniq)) if free[n] > 0]  # scored at every position
-        band = [n for n in range(len(uniq)) if free[n] == 0]  # only keys in the window's rows can count
-        ctx_keys = keys[uniq]  # [U, hw, C]
-        full_keys = ctx_keys[full].reshape(-1, ctx_keys.shape[-1])
+        ctx_keys = keys[uniq].reshape(-1, keys.shape[-1])  # [U*hw, C]
         ctx_labels = labels[uniq].permute(1, 0, 2).reshape(len(ids), -1)  # [L, U*hw]
-        rows = _rows_per_chunk(h, w, reach, len(full), len(band), max_elements)
+        chunk = max(1, max_elements // (len(uniq) * hw))
         pred = torch.empty(len(ids), hw, device=device)
-        for r0 in range(0, h, rows):
-            q0, q1 = r0 * w, min(h, r0 + rows) * w
-            query = keys[target, q0:q1]
-            values, entries = [], []  # per-part top-k candidates; entries index ctx_labels' columns
-            if full:
-                v, i = (query @ full_keys.T).topk(preset.topk, dim=1)
-                values.append(v)
-                entries.append(torch.tensor(full, device=device)[i // hw] * hw + i % hw)
-            if band:
-                k0, k1 = max(0, r0 - reach) * w, min(h, r0 + rows + reach) * w
-                aff = torch.matmul(query, ctx_keys[band, k0:k1].transpose(1, 2))  # [B, nq, band keys]
-                aff.masked_fill_(outside[None, q0:q1, k0:k1], float("-inf"))
-                v, i = aff.topk(min(preset.topk, k1 - k0), dim=2)
-                values.append(v.permute(1, 0, 2).reshape(len(query), -1))
-                slots = torch.tensor(band, device=device)[:, None, None] * hw + k0
-                entries.append((slots + i).permute(1, 0, 2).reshape(len(query), -1))
-            vals, pick = torch.cat(values, 1).topk(preset.topk, dim=1)  # best distinct entries first
-            idx = torch.cat(entries, 1).gather(1, pick)
+        for q0 in range(0, hw, chunk):
+            aff = (keys[target, q0:q0 + chunk] @ ctx_keys.T).view(-1, len(uniq), hw)  # [nq, U, hw]
+            windowed_only = aff if preset.restrict_first else aff[:, 1:]
+            windowed_only.masked_fill_(outside[q0:q0 + chunk, None, :], float("-inf"))
+            vals, idx = aff.view(len(aff), -1).topk(preset.topk, dim=1)  # distinct entries, best first
             frame, pos = idx // hw, idx % hw
-            inside = ~outside[q0:q1].gather(1, pos)
+            inside = ~outside[q0:q0 + chunk].gather(1, pos)
             copies = free[frame] + windowed[frame] * inside  # [nq, k]
             taken = (copies.cumsum(1) - copies).clamp(max=preset.topk)  # copies already in the top k
             copies = torch.minimum(copies, preset.topk - taken)
             weights = copies * torch.exp((vals - vals[:, :1]) / preset.temperature)
             weights = weights / weights.sum(1, keepdim=True)  # softmax over the top-k multiset
-            pred[:, q0:q1] = (ctx_labels[:, idx] * weights).sum(-1)
+            pred[:, q0:q0 + chunk] = (ctx_labels[:, idx] * weights).sum(-1)
         labels[target] = pred
         outputs.append(_decode(pred, grid, preset, ids, out_size).astype(first_labels.dtype))
     return outputs

@@ -400,6 +400,9 @@ def main_smtc(argv: Sequence[str] | None = None) -> dict[str, Any]:
     discovery = cfg.task == "discovery"
     videos = list_videos(data, "davis", cfg.split, unsupervised=discovery)
     videos = videos[:cfg.videos] if cfg.videos > 0 else videos
+    if discovery and videos and not any(v.annotations for v in videos):
+        print(f"{data} has no Annotations_unsupervised/480p (a separate DAVIS download): proposals are written "
+              "but not scored", flush=True)
     out = Path(cfg.out or f"eval/smtc-{cfg.task}")
     out.mkdir(parents=True, exist_ok=True)
     if discovery:
@@ -442,6 +445,6 @@ def main_stmae(argv: Sequence[str] | None = None) -> dict[str, Any]:
                            MaskWriter(out, mask_folder(cfg.dataset)))
     extra: dict[str, Any] = {"dataset": cfg.dataset, "settings": dataclasses.asdict(settings)}
     if youtube:
-        extra["submission"] = str(write_submission(out, f"{cfg.dataset}-valid-submission"))
+        extra["submission"] = str(write_submission(results, out / f"{cfg.dataset}-valid-submission.zip"))
         print(f"submission zip: {extra['submission']}")
     return finish(cfg, out, spec, items, results, seconds, protocol, cfg.split, extra)

@@ -26,6 +26,7 @@ import posixpath
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -156,16 +157,14 @@ def segment_video(model: STMAE, item: VOSVideo, device: torch.device, settings: 
     return VideoResult(video.id, masks, scores)
 
 
-def write_submission(out_dir: str | Path, name: str) -> Path:
-    """Zip `<out_dir>/Annotations` into `<out_dir>/<name>.zip` with `Annotations/` as the archive root."""
-    out_dir = Path(out_dir)
-    folder = out_dir / "Annotations"
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: nothing to zip")
-    path = out_dir / f"{name}.zip"
-    tmp = path.with_suffix(".zip.tmp")
+def write_submission(results: Sequence[VideoResult], path: str | Path) -> Path:
+    """Zip the results' masks as `Annotations/<video>/<frame>.png` (the archive root is `Annotations/`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
-        for png in sorted(folder.rglob("*.png")):
-            z.write(png, png.relative_to(out_dir).as_posix())
+        for result in results:
+            for frame, png in result.masks.items():
+                z.writestr(f"Annotations/{result.name}/{frame}.png", png)
     tmp.replace(path)
     return path

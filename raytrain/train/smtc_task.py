@@ -101,10 +101,10 @@ class SMTCTask:
             self.device.index if self.device.index is not None else torch.cuda.current_device()]
 
     def _check(self, frames: Tensor) -> None:
-        size = self.cfg.resolution
-        if frames.dtype != torch.uint8 or frames.ndim != 5 or tuple(frames.shape[2:]) != (3, size, size):
-            raise ValueError(f"SMTC batch['frames'] must be uint8 [B, T, 3, {size}, {size}] (--resolution), "
-                             f"got {frames.dtype} {list(frames.shape)}")
+        t, size = self.cfg.num_frames, self.cfg.resolution
+        if frames.dtype != torch.uint8 or frames.ndim != 5 or tuple(frames.shape[1:]) != (t, 3, size, size):
+            raise ValueError(f"SMTC batch['frames'] must be uint8 [B, {t}, 3, {size}, {size}] (--num_frames, "
+                             f"--resolution), got {frames.dtype} {list(frames.shape)}")
 
     def losses(self, out_s: SMTCOutput, out_t: SMTCOutput) -> dict[str, Tensor]:
         """The three loss terms, their sum and the fraction of valid student instances."""

@@ -1,0 +1,125 @@
+"""Distributed evaluation: checkpoints are read and checked on the driver; on a real local Ray runtime 2 actors
+give the serial numbers, a video whose actor dies is resubmitted to a fresh actor, and errors name the video."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import ray
+import torch
+
+from raytrain.config import to_dict
+from raytrain.configs import SMTCConfig
+from raytrain.eval import davis
+from raytrain.eval.distributed import VideoResult, run_videos
+from raytrain.eval.runner import EvalSMTCConfig, EvalSTMAEConfig, build_model, main_smtc, smtc_spec, stmae_spec
+from raytrain.train.smtc_task import SMTCTask
+
+# Functions of this module run inside Ray workers, where the tests folder is not importable.
+ray.cloudpickle.register_pickle_by_value(__import__(__name__))
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_checkpoints_are_read_on_the_driver(tmp_path, one_thread):
+    cfg = SMTCConfig(num_slots=4, num_instance=2, resolution=64)
+    task = SMTCTask(cfg, "cpu")
+    (tmp_path / "run").mkdir()
+    torch.save({"task": task.state_dict(), "step": 5, "config": to_dict(cfg), "job": "smtc"},
+               tmp_path / "run" / "state.pt")
+    torch.save({"model_state_dict": task.model.state_dict()}, tmp_path / "released.pth")
+    torch.save(task.model.encoder.state_dict(), tmp_path / "dino.pth")
+    student = task.model.state_dict()
+
+    run = smtc_spec(EvalSMTCConfig(task="discovery", checkpoint=str(tmp_path / "run")))  # architecture from the run
+    assert run.arch == {"num_slots": 4, "num_instances": 2, "resolution": 64} and not run.random
+    assert all(torch.equal(v, student[k]) for k, v in build_model(run, "cpu").state_dict().items())
+    for spec in (smtc_spec(EvalSMTCConfig(checkpoint=str(tmp_path / "run" / "state.pt"))),
+                 smtc_spec(EvalSMTCConfig(dino_path=str(tmp_path / "dino.pth"), preset="dino"))):
+        assert spec.kind == "vit"
+        assert all(torch.equal(v, student[f"encoder.{k}"]) for k, v in spec.weights.items())
+    released = EvalSMTCConfig(task="discovery", checkpoint=str(tmp_path / "released.pth"))
+    with pytest.raises(ValueError, match="shape mismatch for slot_attention.slots_mu"):
+        smtc_spec(released)  # the defaults describe the released 16 x 4 model
+    assert smtc_spec(dataclasses.replace(released, num_slots=4, num_instance=2, resolution=64)).kind == "smtc"
+    with pytest.raises(ValueError, match="discovery needs SMTC"):
+        smtc_spec(EvalSMTCConfig(task="discovery", dino_path=str(tmp_path / "dino.pth")))
+    with pytest.raises(ValueError, match="'smtc' training checkpoint, expected 'stmae'"):
+        stmae_spec(EvalSTMAEConfig(checkpoint=str(tmp_path / "run")))
+    with pytest.raises(FileNotFoundError, match="without state.pt"):
+        smtc_spec(EvalSMTCConfig(checkpoint=str(tmp_path)))
+    assert smtc_spec(EvalSMTCConfig()).random
+
+
+@pytest.mark.slow
+def test_two_actors_give_the_serial_numbers(ray_local, synth_davis, tmp_path, capsys, one_thread):
+    common = ["--data", str(synth_davis), "--split", "all", "--overlays", "1", "--overlay_format", "png"]
+    serial = main_smtc([*common, "--serial", "--out", str(tmp_path / "serial")])  # 1 thread, as in each actor
+    parallel = main_smtc([*common, "--num_actors", "2", "--out", str(tmp_path / "ray")])
+    out = capsys.readouterr().out
+    assert "2 actor(s) ready on cpu" in out and "[eval] 4/4 videos" in out
+
+    assert parallel["videos"] == serial["videos"] == 4
+    assert parallel["global_results"] == serial["global_results"]
+    assert parallel["objects"] == serial["objects"]
+    seqs = sorted(p.name for p in (synth_davis / "JPEGImages" / "480p").iterdir())
+    for seq in seqs:  # identical masks
+        for png in (tmp_path / "serial" / seq).glob("*.png"):
+            assert png.read_bytes() == (tmp_path / "ray" / seq / png.name).read_bytes()
+    # ... and the written masks give the same numbers with the DAVIS evaluator.
+    report = davis.evaluate_semi(synth_davis, tmp_path / "ray", sequences=seqs, write=False)
+    assert parallel["global_results"] == pytest.approx(report.as_dict())
+    assert (tmp_path / "ray" / "global_results-all.csv").read_text() == \
+        (tmp_path / "serial" / "global_results-all.csv").read_text()
+    assert (tmp_path / "ray" / "overlays" / f"{seqs[0]}.png").is_file()
+
+
+@dataclass
+class Job:
+    id: str
+    marker: str  # the first actor to run this job dies, after leaving this file behind
+
+
+def _build(spec: int, device: torch.device) -> int:
+    return spec
+
+
+def _work(model: int, item: Job, device: torch.device) -> VideoResult:
+    if item.marker and not os.path.exists(item.marker):
+        Path(item.marker).write_text(str(os.getpid()))
+        os._exit(1)
+    return VideoResult(item.id, {"00000": f"{model}-{item.id}-{os.getpid()}".encode()}, None)
+
+
+@pytest.mark.slow
+def test_video_of_a_dead_actor_is_resubmitted(ray_local, tmp_path):
+    marker = tmp_path / "died"
+    items = [Job("a", ""), Job("b", str(marker)), Job("c", "")]
+    logs: list[str] = []
+    results = run_videos(_build, 7, _work, items, num_actors=2, max_restarts=0, max_task_retries=0,
+                         log=logs.append)
+    assert [r.name for r in results] == ["a", "b", "c"]
+    assert all(r.masks["00000"].startswith(f"7-{r.name}-".encode()) for r in results)
+    assert marker.exists()
+    dead = marker.read_text()
+    assert results[1].masks["00000"].decode().split("-")[-1] != dead  # finished on another process
+    assert any("resubmitting" in line for line in logs)
+    assert any(line.startswith("[eval] 3/3 videos") for line in logs)
+
+
+@pytest.mark.slow
+def test_errors_in_work_name_the_video(ray_local):
+    def broken(model, item, device):
+        raise ValueError("corrupt frame")
+
+    with pytest.raises(RuntimeError, match="video 'x'.*corrupt frame"):
+        run_videos(_build, 0, broken, [Job("x", "")], num_actors=1, log=lambda s: None)
