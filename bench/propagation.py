@@ -77,8 +77,7 @@ def propagation_rows(args: argparse.Namespace) -> list[list[str]]:
     return rows
 
 
-# Distributed evaluation (Ray-parallel DAVIS scoring) gets its own section function returning rows, added to
-# SECTIONS below.
+# Distributed evaluation has its own benchmark: bench/eval_distributed.py.
 SECTIONS = {
     "Label propagation": (["setting", "video", "grid", "frames", "propagate (frames/s)",
                            "reference (frames/s)", "speed-up", "CPU s (propagate / reference)", "identical ids"],

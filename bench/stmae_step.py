@@ -130,7 +130,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     base = {b: r for v, b, r in rows if v == "upstream"}
     for variant, batch, r in rows:
-        label = "upstream: all frames with autograd" if variant == "upstream" else "raytrain: frame 0 + refs with autograd"
+        label = ("upstream: all frames with autograd" if variant == "upstream"
+                 else "raytrain: frame 0 + refs with autograd")
         print(f"| {label} | {batch} | {r['s_per_step']:.3f} | {r['cpu_s_per_step']:.1f} | {r['clips_per_s']:.3f} | "
               f"{r['peak_gib']:.2f} | {r['clips_per_s'] / base[batch]['clips_per_s']:.2f}x | "
               f"{r['peak_gib'] / base[batch]['peak_gib']:.2f}x |")

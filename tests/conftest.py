@@ -1,9 +1,14 @@
 """Shared fixtures: a local Ray instance and small synthetic DAVIS / YouTube-VOS datasets."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# Every Ray instance a test starts, in-process or with `ray start`, runs without token auth. Set once for the
+# whole session: a client and a cluster that disagree on the mode cannot talk (see shared/reference/ray.md §5).
+os.environ["RAY_AUTH_MODE"] = "disabled"
 
 from shards.synth import write_davis, write_ytvos
 

@@ -14,7 +14,7 @@ import torch
 from raytrain.config import to_dict
 from raytrain.configs import SMTCConfig
 from raytrain.eval import davis
-from raytrain.eval.distributed import VideoResult, run_videos
+from raytrain.eval.distributed import EvalPool, VideoResult
 from raytrain.eval.runner import EvalSMTCConfig, EvalSTMAEConfig, build_model, main_smtc, smtc_spec, stmae_spec
 from raytrain.train.smtc_task import SMTCTask
 
@@ -86,7 +86,8 @@ def test_two_actors_give_the_serial_numbers(ray_local, synth_davis, tmp_path, ca
 @dataclass
 class Job:
     id: str
-    marker: str  # the first actor to run this job dies, after leaving this file behind
+    marker: str = ""  # the first actor to run this job dies, after leaving this file behind
+    broken: bool = False  # the job raises an error (bad data)
 
 
 def _build(spec: int, device: torch.device) -> int:
@@ -94,6 +95,8 @@ def _build(spec: int, device: torch.device) -> int:
 
 
 def _work(model: int, item: Job, device: torch.device) -> VideoResult:
+    if item.broken:
+        raise ValueError("corrupt frame")
     if item.marker and not os.path.exists(item.marker):
         Path(item.marker).write_text(str(os.getpid()))
         os._exit(1)
@@ -101,25 +104,19 @@ def _work(model: int, item: Job, device: torch.device) -> VideoResult:
 
 
 @pytest.mark.slow
-def test_video_of_a_dead_actor_is_resubmitted(ray_local, tmp_path):
+def test_dead_actors_video_is_resubmitted_and_errors_name_the_video(ray_local, tmp_path):
     marker = tmp_path / "died"
-    items = [Job("a", ""), Job("b", str(marker)), Job("c", "")]
     logs: list[str] = []
-    results = run_videos(_build, 7, _work, items, num_actors=2, max_restarts=0, max_task_retries=0,
-                         log=logs.append)
-    assert [r.name for r in results] == ["a", "b", "c"]
-    assert all(r.masks["00000"].startswith(f"7-{r.name}-".encode()) for r in results)
-    assert marker.exists()
-    dead = marker.read_text()
-    assert results[1].masks["00000"].decode().split("-")[-1] != dead  # finished on another process
-    assert any("resubmitting" in line for line in logs)
-    assert any(line.startswith("[eval] 3/3 videos") for line in logs)
-
-
-@pytest.mark.slow
-def test_errors_in_work_name_the_video(ray_local):
-    def broken(model, item, device):
-        raise ValueError("corrupt frame")
-
-    with pytest.raises(RuntimeError, match="video 'x'.*corrupt frame"):
-        run_videos(_build, 0, broken, [Job("x", "")], num_actors=1, log=lambda s: None)
+    pool = EvalPool(_build, 7, _work, num_actors=2, max_restarts=0, max_task_retries=0, log=logs.append)
+    try:
+        results = pool.map([Job("a"), Job("b", str(marker)), Job("c")])
+        assert [r.name for r in results] == ["a", "b", "c"]
+        assert all(r.masks["00000"].startswith(f"7-{r.name}-".encode()) for r in results)
+        dead = marker.read_text()
+        assert results[1].masks["00000"].decode().split("-")[-1] != dead  # finished in another process
+        assert any("resubmitting" in line for line in logs)
+        assert any(line.startswith("[eval] 3/3 videos") for line in logs)
+        with pytest.raises(RuntimeError, match="video 'x'.*corrupt frame"):  # not retried: bad data stays bad
+            pool.map([Job("x", broken=True)])
+    finally:
+        pool.shutdown()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -77,6 +78,7 @@ def cluster():
     finally:
         ray.shutdown()
         c.shutdown()
+        shutil.rmtree(root, ignore_errors=True)
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
@@ -102,7 +104,7 @@ def _worker_nodes() -> set[str]:
 
 def test_training_survives_the_loss_of_a_node(cluster, shards, tmp_path):
     c, nodes, _ = cluster
-    steps, every = 10, 3
+    steps, every = 7, 3
     cfg = SMTCConfig(data=shards, storage_path=str(tmp_path / "runs"), name="node-loss", num_workers=2,
                      cpus_per_worker=2, steps=steps, checkpoint_every=every, log_every=1, max_failures=2, **TINY)
     log = tmp_path / "reports.jsonl"

@@ -10,6 +10,8 @@ kill every Ray instance on the machine.
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -18,7 +20,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 from raytrain.train.loop import load_checkpoint_state
@@ -41,11 +42,11 @@ def _stop(head: subprocess.Popen, temp_dir: str) -> None:
         head.wait(timeout=60)
     except subprocess.TimeoutExpired:
         head.kill()
-    for proc in psutil.process_iter(["cmdline"]):
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
-            if any(temp_dir in arg for arg in proc.info["cmdline"] or ()):
-                proc.kill()
-        except psutil.Error:
+            if temp_dir.encode() in cmdline.read_bytes():
+                os.kill(int(cmdline.parent.name), signal.SIGKILL)
+        except (OSError, ProcessLookupError):
             pass
 
 
@@ -76,18 +77,32 @@ def cluster():
     finally:
         _stop(head, temp_dir)
         log.close()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _submit(c: dict, submission_id: str, *entrypoint: str) -> subprocess.CompletedProcess:
-    """`ray job submit` of `entrypoint` with the repository as working dir; waits and streams the logs."""
-    return subprocess.run(["ray", "job", "submit", "--address", c["url"], "--submission-id", submission_id,
-                           "--working-dir", str(REPO), "--", *entrypoint],
-                          env=c["env"], capture_output=True, text=True, timeout=600)
+    """`ray job submit` of `entrypoint` with the repository as working dir; waits and streams the logs.
+
+    Retried while the head's job agent is still starting (it comes up after the dashboard).
+    """
+    for _ in range(30):
+        run = subprocess.run(["ray", "job", "submit", "--address", c["url"], "--submission-id", submission_id,
+                              "--working-dir", str(REPO), "--", *entrypoint],
+                             env=c["env"], capture_output=True, text=True, timeout=600)
+        if "No available agent to submit job" not in run.stderr:
+            return run
+        time.sleep(5)
+    logs = c["root"] / "ray" / "session_latest" / "logs"
+    agent = "".join(f"\n{f.name}: " + f.read_text()[-1500:] for f in logs.glob("dashboard_agent.*"))
+    raise AssertionError(f"the head's job agent never came up:{agent}")
 
 
 def _status(c: dict, submission_id: str) -> str:
-    return subprocess.run(["ray", "job", "status", "--address", c["url"], submission_id], env=c["env"],
-                          capture_output=True, text=True, timeout=120).stdout
+    """The last line of `ray job status`, e.g. "Job 'x' succeeded", in lower case."""
+    out = subprocess.run(["ray", "job", "status", "--address", c["url"], submission_id], env=c["env"],
+                         capture_output=True, text=True, timeout=120).stdout
+    out = re.sub(r"\x1b\[[0-9;]*m", "", out).lower()  # no colours
+    return [line for line in out.splitlines() if f"job '{submission_id}'" in line][-1]
 
 
 def test_training_job_writes_its_checkpoint_and_a_bad_job_fails(cluster):
@@ -106,7 +121,7 @@ def test_training_job_writes_its_checkpoint_and_a_bad_job_fails(cluster):
                   "--num_slots", "4", "--num_instance", "2", "--batch_size", "2", "--clips_per_video", "2",
                   "--grad_iter", "0")
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
-    assert "SUCCEEDED" in _status(c, "train-ok")
+    assert _status(c, "train-ok").endswith("succeeded")
     checkpoints = sorted((root / "runs" / "submitted").glob("checkpoint_*"))
     assert checkpoints, run.stdout[-4000:]
     assert load_checkpoint_state(checkpoints[-1])["step"] == steps
@@ -114,5 +129,5 @@ def test_training_job_writes_its_checkpoint_and_a_bad_job_fails(cluster):
 
     bad = _submit(c, "train-bad", "python", "jobs/train_smtc.py", "--no_such_flag", "1")
     assert bad.returncode != 0
-    assert "FAILED" in _status(c, "train-bad")
+    assert "failed" in _status(c, "train-bad")
     assert "unrecognized arguments: --no_such_flag" in bad.stdout + bad.stderr

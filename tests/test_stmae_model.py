@@ -45,7 +45,8 @@ def test_shapes_through_every_stage(model: STMAE):
 
 def test_readout_is_softmax_over_memory_dot_products():
     g = torch.Generator().manual_seed(0)
-    mk, qk, mv = torch.randn(2, 8, 30, generator=g), torch.randn(2, 8, 12, generator=g), torch.rand(2, 3, 30, generator=g)
+    mk, qk = torch.randn(2, 8, 30, generator=g), torch.randn(2, 8, 12, generator=g)
+    mv = torch.rand(2, 3, 30, generator=g)
     affinity = softmax_affinity(similarity(mk, qk))
     expected = torch.einsum("bmn,bnp->bmp", mv, torch.softmax(torch.einsum("bcn,bcp->bnp", mk, qk), 1))
     torch.testing.assert_close(readout_masks(affinity, mv), expected)

@@ -51,7 +51,7 @@ def _run_with_a_killed_worker(cfg, tmp_path, kill_at):
 def test_run_resumes_after_a_killed_worker_and_on_resubmission(job, shards, tmp_path):
     if job == "smtc":
         cfg = SMTCConfig(data=str(shards / "yt_shards"), resolution=64, num_slots=4, num_instance=2,
-                         batch_size=2, grad_iter=0, lr=5e-4)
+                         batch_size=2, grad_iter=0, lr=3e-3)
     else:
         cfg = STMAEConfig(data=str(shards / "davis_shards"), crop=64, num_frames=4, num_ref_frames=2,
                           batch_size=2, lr=1e-4, max_skip=[3], max_skip_at=[0.0])

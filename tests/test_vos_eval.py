@@ -15,7 +15,7 @@ from PIL import Image
 from raytrain.eval import davis, vos
 from raytrain.eval.runner import main_stmae, write_davis2016
 from raytrain.models.stmae import STMAE
-from shards.synth import DAVIS_PALETTE, YTVOS_PALETTE
+from shards.synth import DAVIS_PALETTE, YTVOS_PALETTE, write_ytvos
 
 FAST = ["--serial", "--size", "32", "--overlays", "1"]
 
@@ -29,6 +29,14 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
+def small_ytvos(tmp_path_factory):
+    """One valid video of 4 every-5th frames (16 frames in valid_all_frames), one object appearing late."""
+    root = tmp_path_factory.mktemp("ytvos_small")
+    write_ytvos(root, num_videos=2, num_frames=4, height=64, num_val=1, seed=0)
+    return root
+
+
+@pytest.fixture(scope="module")
 def weights(tmp_path_factory):
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("stmae") / "random.pth"
@@ -36,15 +44,16 @@ def weights(tmp_path_factory):
     return path
 
 
-def test_youtube_submission_zip(synth_ytvos, weights, tmp_path):
-    summary = main_stmae(["--dataset", "Y18", "--data", str(synth_ytvos), "--checkpoint", str(weights),
+def test_youtube_submission_zip(small_ytvos, weights, tmp_path):
+    summary = main_stmae(["--dataset", "Y18", "--data", str(small_ytvos), "--checkpoint", str(weights),
                           "--out", str(tmp_path), "--serial", "--size", "0"])
     assert "global_results" not in summary and not summary["random_weights"]
-    meta = json.loads((synth_ytvos / "valid" / "meta.json").read_text())["videos"]
+    meta = json.loads((small_ytvos / "valid" / "meta.json").read_text())["videos"]
     (vid,) = meta
     wanted = sorted({f for o in meta[vid]["objects"].values() for f in o["frames"]})
-    assert wanted[1] == "00005"  # meta.json lists every 5th frame; the model ran on all frames
-    with zipfile.ZipFile(summary["submission"]) as z:
+    assert wanted[1] == "00005"  # meta.json lists every 5th frame; the model runs on all frames:
+    assert vos.list_vos_videos("Y18", str(small_ytvos))[0].video.frames == [f"{i:05d}" for i in range(16)]
+    with zipfile.ZipFile(tmp_path / summary["submission"]) as z:
         assert sorted(z.namelist()) == [f"Annotations/{vid}/{f}.png" for f in wanted]
         preds = {}
         for f in wanted:
@@ -57,7 +66,7 @@ def test_youtube_submission_zip(synth_ytvos, weights, tmp_path):
     # Every object's mask is given where it first appears (objects can start after frame 0) and, at the original
     # size (--size 0), comes back exactly.
     late = False
-    for png in sorted((synth_ytvos / "valid" / "Annotations" / vid).glob("*.png")):
+    for png in sorted((small_ytvos / "valid" / "Annotations" / vid).glob("*.png")):
         given = np.array(Image.open(png))
         late |= png.stem != "00000"
         for k in set(np.unique(given)) - {0}:
@@ -67,8 +76,10 @@ def test_youtube_submission_zip(synth_ytvos, weights, tmp_path):
 
 
 def test_davis17_results_scored_by_the_davis_evaluator(synth_davis, weights, tmp_path):
-    summary = main_stmae(["--dataset", "D17", "--data", str(synth_davis), "--checkpoint", str(weights),
-                          "--out", str(tmp_path), *FAST])
+    # Checkpoint and output folder given as URIs (s3:// on a cluster): fetched first, uploaded at the end.
+    summary = main_stmae(["--dataset", "D17", "--data", str(synth_davis), "--checkpoint", f"file://{weights}",
+                          "--out", f"file://{tmp_path}", *FAST])
+    assert summary["model"] == f"file://{weights}"
     seqs = davis.read_sequence_list(synth_davis, "val")
     for seq in seqs:
         pngs = sorted((tmp_path / seq).glob("*.png"))

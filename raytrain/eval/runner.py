@@ -3,9 +3,9 @@ default data, and the run itself (fan-out, masks, official CSV files, summary ta
 
 `jobs/eval_smtc.py` -> `main_smtc`, `jobs/eval_stmae.py` -> `main_stmae`. Both run on a Ray cluster (the one
 the job was submitted to, else a local one) through `raytrain.eval.distributed`, or in-process with
-`--serial`. Weights are read once, on the driver, and reach the actors through the object store, so only the
-data (`--data`, a local/NFS path or a URI) must be readable from every node; outputs are written by the
-driver.
+`--serial`. Weights are read once, on the driver (a local path or a URI, fetched first), and reach the actors
+through the object store, so only the data (`--data`, a local/NFS path or a URI) must be readable from every
+node; outputs are written by the driver (to a local folder, or staged locally and uploaded to a URI).
 
 Output folder: masks (`<seq>/<frame>.png`; YouTube-VOS `Annotations/<video>/<frame>.png` and a submission
 zip), `global_results-<set>.csv` and `per-sequence_results-<set>.csv` (official format), `summary.json`,
@@ -20,15 +20,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import posixpath
 import shutil
+import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
+from pyarrow.fs import FileType, LocalFileSystem, copy_files
 from torch import Tensor, nn
 
 from raytrain.config import given_fields, parse
@@ -44,13 +48,13 @@ from raytrain.models.smtc import SMTC
 from raytrain.models.stmae import STMAE, checkpoint_weights, from_weights
 from raytrain.models.vit import ViTEncoder, vit_small
 from raytrain.models.weights import load_smtc_weights, load_vit_weights, vit_state_dict
-from shards.layout import list_videos
+from shards.layout import list_videos, resolve
 from shards.synth import DAVIS_PALETTE
 
 PRESETS = {"A": SMTC_A, "B": SMTC_B, "dino": DINO}
 TASKS = ("propagation", "discovery")
-RANDOM_WARNING = ("=" * 100 + "\nWARNING: no checkpoint given: evaluating RANDOMLY INITIALISED weights. The numbers below "
-                  "say nothing about the method.\n" + "=" * 100)
+RANDOM_WARNING = ("=" * 100 + "\nWARNING: no checkpoint given: evaluating RANDOMLY INITIALISED weights. "
+                  "The numbers below say nothing about the method.\n" + "=" * 100)
 
 
 def _f(default: Any, help: str) -> Any:  # noqa: A002 - mirrors argparse
@@ -61,9 +65,10 @@ def _f(default: Any, help: str) -> Any:  # noqa: A002 - mirrors argparse
 class EvalConfig:
     """Fields shared by the evaluation jobs."""
 
-    data: str = _f("", "dataset folder or URI; empty: a small synthetic set generated into the cache")
-    out: str = _f("", "output folder (empty: ./eval/<job>)")
-    checkpoint: str = _f("", "checkpoint (run folder with state.pt, or a weights file); empty: random weights")
+    data: str = _f("", "dataset folder (local, NFS or URI, readable from every node); empty: a small synthetic set")
+    out: str = _f("", "output folder or URI (empty: ./eval/<job>)")
+    checkpoint: str = _f("", "checkpoint (run folder with state.pt, or a weights file; path or URI); empty: random "
+                             "weights")
     split: str = _f("val", "DAVIS ImageSets split")
     videos: int = _f(0, "evaluate only the first N videos (0: all)")
     seed: int = _f(0, "seed of random weights and of random draws during inference")
@@ -161,6 +166,39 @@ def _run_state(path: Path, job: str) -> dict[str, Any] | None:
     return state
 
 
+@contextmanager
+def fetched(uri: str, flag: str) -> Iterator[Path]:
+    """A local path for a checkpoint: `uri` itself when local, else a temporary copy (file or folder)."""
+    if "://" not in uri:
+        yield Path(uri)
+        return
+    fs, path = resolve(uri)
+    kind = fs.get_file_info(path).type
+    if kind == FileType.NotFound:
+        raise FileNotFoundError(f"{flag} {uri}: not found")
+    with tempfile.TemporaryDirectory(prefix="raytrain-eval-") as tmp:
+        local = Path(tmp) / posixpath.basename(path.rstrip("/"))
+        if kind == FileType.Directory:
+            local.mkdir()
+        copy_files(path, str(local), source_filesystem=fs, destination_filesystem=LocalFileSystem())
+        yield local
+
+
+def _load_smtc(model: nn.Module, path: Path, source: str, state: dict[str, Any] | None, discovery: bool) -> None:
+    """Load a run checkpoint's `state` (None: the file at `path`) into SMTC (discovery) or its encoder."""
+    if state is not None and discovery:
+        model.load_state_dict(state["task"]["model"])
+    elif state is not None:
+        try:
+            model.load_state_dict(vit_state_dict(state["task"], source))
+        except RuntimeError as e:
+            raise ValueError(f"--checkpoint {source}: the encoder does not match ViT-S/16: {e}") from None
+    elif discovery:
+        load_smtc_weights(model, path)
+    else:
+        load_vit_weights(model, path)
+
+
 def smtc_spec(cfg: EvalSMTCConfig) -> ModelSpec:
     """Weights for SMTC propagation (encoder only) or discovery (whole model), read and checked here."""
     if cfg.checkpoint and cfg.dino_path:
@@ -168,39 +206,31 @@ def smtc_spec(cfg: EvalSMTCConfig) -> ModelSpec:
     discovery = cfg.task == "discovery"
     if discovery and cfg.dino_path:
         raise ValueError("--dino_path: discovery needs SMTC's slot modules; give an SMTC --checkpoint")
-    path = cfg.checkpoint or cfg.dino_path
     arch = dict(num_slots=cfg.num_slots, num_instances=cfg.num_instance, resolution=cfg.resolution)
     kind = "smtc" if discovery else "vit"
-    if not path:
+    source = cfg.checkpoint or cfg.dino_path
+    if not source:
         return ModelSpec(kind, None, "random weights", cfg.seed, arch)
-    state = _run_state(Path(path), "smtc") if cfg.checkpoint else None
-    if state is not None:
-        train = state["config"]
-        arch = dict(num_slots=train["num_slots"], num_instances=train["num_instance"], resolution=train["resolution"])
-    model = _new_model(kind, arch)
-    if state is not None and discovery:
-        model.load_state_dict(state["task"]["model"])
-    elif state is not None:
-        try:
-            model.load_state_dict(vit_state_dict(state["task"], path))
-        except RuntimeError as e:
-            raise ValueError(f"--checkpoint {path}: the encoder does not match ViT-S/16: {e}") from None
-    elif discovery:
-        load_smtc_weights(model, path)
-    else:
-        load_vit_weights(model, path)
-    return ModelSpec(kind, model.state_dict(), str(path), cfg.seed, arch)
+    with fetched(source, "--checkpoint" if cfg.checkpoint else "--dino_path") as path:
+        state = _run_state(path, "smtc") if cfg.checkpoint else None
+        if state is not None:
+            train = state["config"]
+            arch = dict(num_slots=train["num_slots"], num_instances=train["num_instance"],
+                        resolution=train["resolution"])
+        model = _new_model(kind, arch)
+        _load_smtc(model, path, source, state, discovery)
+    return ModelSpec(kind, model.state_dict(), source, cfg.seed, arch)
 
 
 def stmae_spec(cfg: EvalSTMAEConfig) -> ModelSpec:
     """STMAE weights (released file, upstream training checkpoint, or a run checkpoint folder)."""
     if not cfg.checkpoint:
         return ModelSpec("stmae", None, "random weights", cfg.seed)
-    path = Path(cfg.checkpoint)
-    state = _run_state(path, "stmae")
-    obj = state if state is not None else torch.load(path, map_location="cpu", weights_only=True)
-    model = from_weights(checkpoint_weights(obj, str(path)), str(path))
-    return ModelSpec("stmae", model.state_dict(), str(path), cfg.seed, {"value_dim": model.value_dim})
+    with fetched(cfg.checkpoint, "--checkpoint") as path:
+        state = _run_state(path, "stmae")
+        obj = state if state is not None else torch.load(path, map_location="cpu", weights_only=True)
+    model = from_weights(checkpoint_weights(obj, cfg.checkpoint), cfg.checkpoint)
+    return ModelSpec("stmae", model.state_dict(), cfg.checkpoint, cfg.seed, {"value_dim": model.value_dim})
 
 
 # ----------------------------------------------------------------------------------- label propagation
@@ -361,15 +391,32 @@ def finish(cfg: EvalConfig, out: Path, spec: ModelSpec, items: Sequence, results
         report = davis.combine(scored)
         csvs = davis.write_csv(report, out, set_name)
         summary.update(global_results=report.as_dict(), objects=[list(o) for o in report.objects],
-                       csv=[str(p) for p in csvs])
+                       csv=[p.name for p in csvs])
         print("\n" + summary_table(report, f"{protocol} — {set_name}"))
-    summary["overlays"] = [str(p) for p in _overlays(cfg, out, items, results)]
+    summary["overlays"] = [p.relative_to(out).as_posix() for p in _overlays(cfg, out, items, results)]
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     if spec.random:
         print(RANDOM_WARNING)
     print(f"\n{len(results)} videos in {seconds:.1f} s ({summary['videos_per_s']:.3f} videos/s); "
-          f"outputs in {out}", flush=True)
+          f"outputs in {cfg.out if '://' in cfg.out else out}", flush=True)
     return summary
+
+
+def output_folder(out: str, default: str) -> Path:
+    """The local folder results are written to: `out` (or `default`), or a staging folder when `out` is a URI."""
+    folder = Path(tempfile.mkdtemp(prefix="raytrain-eval-out-")) if "://" in out else Path(out or default)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def upload(folder: Path, out: str) -> None:
+    """Copy the results to `out` and remove the staging folder, when `out` is a URI (s3://, gs://, ...)."""
+    if "://" in out:
+        fs, path = resolve(out)
+        fs.create_dir(path, recursive=True)
+        copy_files(str(folder), path, source_filesystem=LocalFileSystem(), destination_filesystem=fs)
+        shutil.rmtree(folder)
+        print(f"outputs uploaded to {out}", flush=True)
 
 
 def _prepare(cls: type, argv: Sequence[str] | None, small: dict[str, Any]) -> Any:
@@ -403,8 +450,7 @@ def main_smtc(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if discovery and videos and not any(v.annotations for v in videos):
         print(f"{data} has no Annotations_unsupervised/480p (a separate DAVIS download): proposals are written "
               "but not scored", flush=True)
-    out = Path(cfg.out or f"eval/smtc-{cfg.task}")
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(cfg.out, f"eval/smtc-{cfg.task}")
     if discovery:
         settings = DiscoverySettings(mode=cfg.mode, size=(cfg.height, cfg.width), window=cfg.window,
                                      iters=cfg.iters, seed=cfg.seed, max_proposals=cfg.max_proposals)
@@ -420,7 +466,9 @@ def main_smtc(argv: Sequence[str] | None = None) -> dict[str, Any]:
         set_name, writer, extra = cfg.split, MaskWriter(out), {"preset": cfg.preset}
     print(f"{protocol}: {len(videos)} videos of {data}, model {spec.source}", flush=True)
     results, seconds = run(cfg, spec, work, videos, writer)
-    return finish(cfg, out, spec, videos, results, seconds, protocol, set_name, {"task": cfg.task, **extra})
+    summary = finish(cfg, out, spec, videos, results, seconds, protocol, set_name, {"task": cfg.task, **extra})
+    upload(out, cfg.out)
+    return summary
 
 
 def main_stmae(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -434,8 +482,7 @@ def main_stmae(argv: Sequence[str] | None = None) -> dict[str, Any]:
     data = cfg.data or synthetic_vos(cfg.dataset, cfg.seed)
     items = list_vos_videos(cfg.dataset, data, cfg.split, cfg.imset)
     items = items[:cfg.videos] if cfg.videos > 0 else items
-    out = Path(cfg.out or f"eval/stmae-{cfg.dataset}")
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(cfg.out, f"eval/stmae-{cfg.dataset}")
     settings = VOSSettings(mem_every=cfg.mem_every, top_k=cfg.top_k, size=cfg.size, amp=cfg.amp)
     youtube = is_youtube(cfg.dataset)
     protocol = (f"YouTube-VOS {cfg.dataset} valid submission (scored by the evaluation server)" if youtube else
@@ -445,6 +492,8 @@ def main_stmae(argv: Sequence[str] | None = None) -> dict[str, Any]:
                            MaskWriter(out, mask_folder(cfg.dataset)))
     extra: dict[str, Any] = {"dataset": cfg.dataset, "settings": dataclasses.asdict(settings)}
     if youtube:
-        extra["submission"] = str(write_submission(results, out / f"{cfg.dataset}-valid-submission.zip"))
+        extra["submission"] = write_submission(results, out / f"{cfg.dataset}-valid-submission.zip").name
         print(f"submission zip: {extra['submission']}")
-    return finish(cfg, out, spec, items, results, seconds, protocol, cfg.split, extra)
+    summary = finish(cfg, out, spec, items, results, seconds, protocol, cfg.split, extra)
+    upload(out, cfg.out)
+    return summary

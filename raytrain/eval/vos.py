@@ -96,7 +96,8 @@ def list_vos_videos(dataset: str, root: str, split: str = "val", imset: str = ""
         videos = {v.id: v for v in list_videos(root, "davis", "all")}
         missing = [n for n in names if n not in videos]
         if missing:
-            raise FileNotFoundError(f"{root}: sequences of the DAVIS-2016 list have no frames: {', '.join(missing[:5])}")
+            raise FileNotFoundError(f"{root}: sequences of the DAVIS-2016 list without frames: "
+                                    f"{', '.join(missing[:5])}")
         return [VOSVideo(videos[n], dataset) for n in sorted(set(names))]
     fs, base = resolve(root)
     all_frames = fs.get_file_info(posixpath.join(base, "valid_all_frames", "JPEGImages")).type == FileType.Directory
