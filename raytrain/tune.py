@@ -207,9 +207,12 @@ def make_tuner(job: str, cfg: Any) -> ray.tune.Tuner:
 
 
 def _statuses(results: ray.tune.ResultGrid) -> dict[str, str]:
-    """Tune's status of each trial (TERMINATED, ERROR, PENDING, ...) by trial folder; ResultGrid has no
-    public per-trial status."""
-    return {t.path: t.status for t in results._experiment_analysis.trials}
+    """Tune's saved status of each trial (TERMINATED, ERROR, PENDING, ...) by trial folder.
+
+    Read back from the experiment state on storage: after an interruption it holds the trials Tune would
+    resume as PENDING, where the in-memory trials read TERMINATED.
+    """
+    return {t.path: t.status for t in ray.tune.ExperimentAnalysis(results.experiment_path).trials}
 
 
 def trial_rows(results: ray.tune.ResultGrid, job: str, metric: str, steps: int) -> list[dict[str, Any]]:

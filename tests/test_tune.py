@@ -5,15 +5,19 @@ from __future__ import annotations
 import csv
 import io
 import os
+import shutil
 import signal
+import tempfile
 import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import ray
 import ray.tune
 from PIL import Image
+from ray.cluster_utils import Cluster
 
 from raytrain.config import from_dict, parse
 from raytrain.configs import SMTCConfig, STMAEConfig
@@ -93,20 +97,32 @@ def test_table_csv_and_plot():
 
 
 @pytest.fixture(scope="module")
-def ray_slow_start():
-    """A local Ray as the tune jobs start it: with the dashboard, whose state API frees the placement groups
-    of stopped trials; Train worker groups may take minutes to start on a busy machine."""
-    saved = os.environ.get("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S")
-    os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = "600"  # inherited by the Ray processes
-    ray.init(num_cpus=4, include_dashboard=True, object_store_memory=int(1e9), log_to_driver=False)
+def ray_head():
+    """A one-node Ray cluster with the dashboard, whose state API frees the placement groups of stopped trials.
+
+    Its processes see their own RAY_TMPDIR, which holds the cluster's address file: the state API resolves
+    the cluster from there, and never joins (nor makes others join) another Ray instance on the machine.
+    Train worker groups may take minutes to start on a busy machine.
+    """
+    root = tempfile.mkdtemp(prefix="rttune-", dir="/tmp")  # short: Ray's socket paths must fit 107 chars
+    env = {"RAY_TMPDIR": root, "RAY_AUTH_MODE": "disabled", "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "600"}
+    saved = {k: os.environ.get(k) for k in (*env, "RAY_ADDRESS")}
+    os.environ.update(env)
+    os.environ.pop("RAY_ADDRESS", None)
+    head = Cluster(initialize_head=True, head_node_args={"num_cpus": 4, "include_dashboard": True,
+                                                         "object_store_memory": int(1e9)})
     try:
+        ray.init(address=head.address, log_to_driver=False)
         yield
     finally:
         ray.shutdown()
-        if saved is None:
-            del os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"]
-        else:
-            os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = saved
+        head.shutdown()
+        shutil.rmtree(root, ignore_errors=True)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _event_steps(folder: Path) -> list[list[int]]:
@@ -118,7 +134,7 @@ def _event_steps(folder: Path) -> list[list[int]]:
 
 
 @pytest.mark.slow
-def test_sweep_is_interrupted_restored_and_summarized(ray_slow_start, tmp_path, capsys):
+def test_sweep_is_interrupted_restored_and_summarized(ray_head, tmp_path, capsys):
     write_ytvos(tmp_path / "yt", num_videos=3, num_frames=12, height=64, num_val=1, seed=5)
     pack(str(tmp_path / "yt"), str(tmp_path / "shards"), layout="ytvos", split="train", shard_size="60KB")
     write_davis(tmp_path / "davis", num_videos=2, num_frames=5, height=64, num_val=1, seed=5)
@@ -149,7 +165,7 @@ def test_sweep_is_interrupted_restored_and_summarized(ray_slow_start, tmp_path, 
 
     results, best = run_sweep("smtc", cfg)
     out = capsys.readouterr().out
-    assert "restoring the sweep" in out and "interrupted" not in out
+    assert "restoring the sweep" in out and "the sweep was interrupted" not in out
     rows = list(csv.DictReader((sweep / "trials.csv").open()))
     assert [r["trial"] for r in rows] == ["trial_000", "trial_001"]
     for row in rows:

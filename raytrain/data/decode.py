@@ -15,9 +15,14 @@ IM_MEAN_FILL = (124, 116, 104)  # ImageNet mean in 0..255, STMAE's affine fill c
 
 
 def decode_jpeg(data: bytes, min_size: int = 0) -> np.ndarray:
-    """RGB uint8 HxWx3. With `min_size`, libjpeg-turbo decodes at the smallest n/8 scale whose height and
-    width are still >= min_size, which is several times faster than a full decode followed by a resize."""
-    return simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=min_size, min_width=min_size)
+    """RGB uint8 HxWx3. With `min_size`, libjpeg-turbo decodes at the smallest 1/2, 1/4 or 1/8 scale whose
+    height and width are still >= min_size. Those scales are fast DCT paths; the n/8 scales in between can
+    be slower than a full decode, so they are never picked."""
+    if min_size <= 0:
+        return simplejpeg.decode_jpeg(data, colorspace="RGB")
+    h, w = simplejpeg.decode_jpeg_header(data)[:2]
+    d = max(d for d in (1, 2, 4, 8) if d == 1 or min(h, w) >= d * min_size)
+    return simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=-(-h // d), min_width=-(-w // d))
 
 
 def decode_png(data: bytes) -> np.ndarray:
@@ -29,12 +34,12 @@ def decode_png(data: bytes) -> np.ndarray:
 
 
 def smtc_frame(data: bytes, size: int) -> np.ndarray:
-    """An SMTC training frame: decoded at reduced scale, resized to size x size (aspect ignored, as upstream),
-    returned CHW uint8."""
-    rgb = decode_jpeg(data, min_size=size)
-    if rgb.shape[:2] != (size, size):
-        rgb = np.asarray(Image.fromarray(rgb).resize((size, size), Image.BILINEAR))
-    return rgb.transpose(2, 0, 1)
+    """An SMTC training frame: decoded at reduced scale, resized to size x size (aspect ignored, as upstream)
+    with antialiased bilinear filtering on uint8, returned as a CHW uint8 view."""
+    chw = torch.from_numpy(decode_jpeg(data, min_size=size)).permute(2, 0, 1)
+    if chw.shape[1:] != (size, size):
+        chw = TF.resize(chw, [size, size], InterpolationMode.BILINEAR, antialias=True)
+    return chw.numpy()
 
 
 def _resized_crop_box(h: int, w: int, rng: np.random.Generator, scale=(0.36, 1.0),

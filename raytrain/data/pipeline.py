@@ -2,10 +2,10 @@
 
 One rank's stream is a Ray Dataset over its planned shard reads (`raytrain.data.plan`):
 
-    from_items(items) -> flat_map(read_item)       one task per shard read: stream the tar through
-                                                   pyarrow.fs + webdataset, keep only planned members
-                      -> map_batches(decode_batch)  JPEG/PNG decode, resize / augmentation, on CPU tasks
-                      -> iter_torch_batches         fixed-shape tensors for the training loop
+    from_items(reads) -> map_batches(load_clips)   one CPU task per shard read: stream the tar through
+                                                   pyarrow.fs + webdataset, keep only the planned members,
+                                                   decode and resize / augment them in chunks of clips
+                      -> iter_torch_batches        fixed-shape tensors for the training loop
 
 A corrupt JPEG/PNG drops its clip, a truncated or unreadable shard drops what could not be read; both are
 logged by name and counted in a `DataHealth` actor, and the run goes on.
@@ -27,7 +27,7 @@ from raytrain.data.plan import ClipSource, Item, StreamConfig
 from shards.layout import resolve
 
 log = logging.getLogger("raytrain.data")
-BLOCK_BYTES = 2 << 20
+BLOCK_BYTES = 32 << 20  # decoded bytes per output block: larger blocks cost the driver less per clip
 
 
 @ray.remote(num_cpus=0)
@@ -49,7 +49,10 @@ class DataHealth:
 def _report(health: Any, kind: str, name: str, error: Exception | str) -> None:
     log.warning("data: skipped %s %s (%s)", kind, name, error)
     if health is not None:
-        health.record.remote(kind, name, str(error))
+        try:  # waited for, so that the count is in before the clips after it reach the trainer
+            ray.get(health.record.remote(kind, name, str(error)), timeout=30)
+        except Exception as e:  # noqa: BLE001 - losing a count must not stop the run
+            log.warning("data: could not record the skip in DataHealth (%s)", e)
 
 
 _SOURCES: dict[str, ClipSource] = {}
@@ -83,7 +86,7 @@ def read_members(url: str, wanted: set[str], health: Any = None) -> dict[str, by
 
 def read_item(row: dict[str, Any], *, source: Any, cfg: dict[str, Any], health: Any = None
               ) -> Iterator[dict[str, Any]]:
-    """Ray Data flat_map: one planned shard read -> its clips, with the raw frame (and mask) bytes."""
+    """One planned shard read -> its clips, with the raw frame (and mask) bytes."""
     src, scfg = _source(source), StreamConfig(**cfg)
     item = Item(**{k: int(row[k]) for k in ("round", "shard", "position", "skip")})
     clips = plan.item_clips(src, scfg, item)
@@ -106,58 +109,75 @@ def read_item(row: dict[str, Any], *, source: Any, cfg: dict[str, Any], health: 
         yield out
 
 
-def decode_batch(batch: dict[str, np.ndarray], *, cfg: dict[str, Any], health: Any = None
-                 ) -> dict[str, np.ndarray]:
-    """Ray Data map_batches: decode and transform clips into fixed-shape arrays; corrupt clips are dropped."""
-    scfg = StreamConfig(**cfg)
-    out: dict[str, list] = collections.defaultdict(list)
-    for i in range(len(batch["position"])):
-        name = f"{batch['video'][i]} frames {list(batch['frame_idx'][i])}"
+def decode_clips(clips: list[dict[str, Any]], scfg: StreamConfig, health: Any = None) -> dict[str, np.ndarray]:
+    """Decode and transform clips (from `read_item`) into fixed-shape arrays; corrupt clips are dropped."""
+    n, t, s = len(clips), scfg.num_frames, scfg.size
+    stmae = scfg.kind == "stmae"
+    out = {"frames": np.empty((n, t, 3, s, s), np.uint8), "frame_idx": np.empty((n, t), np.int64),
+           "position": np.empty(n, np.int64), "video_ordinal": np.empty(n, np.int64)}
+    if stmae:
+        out |= {"masks": np.empty((n, t, s, s), np.uint8), "num_objects": np.empty(n, np.int64)}
+    kept = 0
+    for clip in clips:
         try:
-            if scfg.kind == "smtc":
-                frames = np.stack([decode.smtc_frame(bytes(b), scfg.size) for b in batch["jpgs"][i]])
+            if not stmae:
+                for i, jpg in enumerate(clip["jpgs"]):
+                    out["frames"][kept, i] = decode.smtc_frame(jpg, s)
             else:
-                imgs = [decode.decode_jpeg(bytes(b)) for b in batch["jpgs"][i]]
-                anns = [decode.decode_png(bytes(b)) if len(b) else np.zeros(imgs[t].shape[:2], np.uint8)
-                        for t, b in enumerate(batch["pngs"][i])]
+                imgs = [decode.decode_jpeg(b) for b in clip["jpgs"]]
+                anns = [decode.decode_png(b) if b else np.zeros(imgs[i].shape[:2], np.uint8)
+                        for i, b in enumerate(clip["pngs"])]
                 if any(a.shape != im.shape[:2] for a, im in zip(anns, imgs)):
                     raise ValueError("annotation size differs from its frame")
-                finetune = int(batch["step"][i]) >= scfg.finetune_at * scfg.steps
-                rng = np.random.default_rng(int(batch["seed"][i]))
-                frames, masks, k = decode.stmae_clip(imgs, anns, rng, scfg.size, scfg.max_objects, finetune)
-                out["masks"].append(masks)
-                out["num_objects"].append(k)
+                finetune = clip["step"] >= scfg.finetune_at * scfg.steps
+                rng = np.random.default_rng(clip["seed"])
+                frames, masks, k = decode.stmae_clip(imgs, anns, rng, s, scfg.max_objects, finetune)
+                out["frames"][kept], out["masks"][kept], out["num_objects"][kept] = frames, masks, k
         except Exception as e:  # noqa: BLE001 - a corrupt frame drops its clip, never the run
-            _report(health, "frame", name, e)
+            _report(health, "frame", f"{clip['video']} frames {list(clip['frame_idx'])}", e)
             continue
-        out["frames"].append(frames)
         for key in ("frame_idx", "position", "video_ordinal"):
-            out[key].append(batch[key][i])
-    n_frames, s = scfg.num_frames, scfg.size
-    shapes = {"frames": (0, n_frames, 3, s, s), "masks": (0, n_frames, s, s), "num_objects": (0,),
-              "frame_idx": (0, n_frames), "position": (0,), "video_ordinal": (0,)}
-    dtypes = {"frames": np.uint8, "masks": np.uint8}
-    keys = ["frames", "frame_idx", "position", "video_ordinal"] + (["masks", "num_objects"] if scfg.kind == "stmae" else [])
-    return {k: np.stack(out[k]).astype(dtypes.get(k, np.int64)) if out[k]
-            else np.zeros(shapes[k], dtypes.get(k, np.int64)) for k in keys}
+            out[key][kept] = clip[key]
+        kept += 1
+    return {k: v[:kept] for k, v in out.items()}
+
+
+def clips_per_block(cfg: StreamConfig) -> int:
+    """How many decoded clips fill one output block of `BLOCK_BYTES`."""
+    per_clip = cfg.num_frames * cfg.size * cfg.size * (4 if cfg.kind == "stmae" else 3)
+    return max(1, BLOCK_BYTES // per_clip)
+
+
+def load_clips(items: dict[str, np.ndarray], *, source: Any, cfg: dict[str, Any], health: Any = None
+               ) -> Iterator[dict[str, np.ndarray]]:
+    """Ray Data map_batches: planned shard reads -> their decoded clips, one output block at a time.
+
+    Reading and decoding share one task, so the compressed bytes never pass through the object store and
+    each CPU runs one shard read end to end.
+    """
+    scfg = StreamConfig(**cfg)
+    chunk = clips_per_block(scfg)
+    for i in range(len(items["shard"])):
+        clips = list(read_item({k: items[k][i] for k in items}, source=source, cfg=cfg, health=health))
+        for j in range(0, len(clips), chunk):
+            yield decode_clips(clips[j:j + chunk], scfg, health)
 
 
 def clip_dataset(source: ClipSource | Any, cfg: StreamConfig, items: list[Item], health: Any = None,
                  decode_tasks: int = 0) -> ray.data.Dataset:
     """The clips of the planned `items`, as a lazy Ray Dataset in deterministic order.
 
-    `source` is a ClipSource or an object ref to one (pass a ref when many tasks need it).
+    `source` is a ClipSource or an object ref to one (pass a ref when many tasks need it); `decode_tasks`
+    caps the concurrent shard-read tasks (0: as many as there are free CPUs).
     """
     rows = [asdict(i) for i in items]
-    cfg_dict = asdict(cfg)
     ds = ray.data.from_items(rows, override_num_blocks=len(rows))
-    ds = ds.flat_map(read_item, fn_kwargs={"source": source, "cfg": cfg_dict, "health": health})
     compute = ray.data.TaskPoolStrategy(size=decode_tasks) if decode_tasks > 0 else None
-    ds = ds.map_batches(decode_batch, fn_kwargs={"cfg": cfg_dict, "health": health}, batch_size=8,
-                        batch_format="numpy", compute=compute)
+    ds = ds.map_batches(load_clips, fn_kwargs={"source": source, "cfg": asdict(cfg), "health": health},
+                        batch_size=1, batch_format="numpy", compute=compute)
     ds.context.execution_options.preserve_order = True
     ds.context.enable_progress_bars = False  # one stream per training worker: bars would flood the job log
-    # Small blocks out of the shard reads, so that decoding spreads over many tasks instead of one per shard.
+    # One block per yielded chunk, so batches reach the trainer while a shard is still being decoded.
     ds.context.target_max_block_size = BLOCK_BYTES
     return ds
 
