@@ -30,7 +30,6 @@ import csv
 import dataclasses
 import io
 import math
-import os
 import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +43,7 @@ from ray.tune.search import BasicVariantGenerator
 
 from raytrain.config import from_dict, given_fields, parse, to_dict
 from raytrain.configs import SMTCConfig, STMAEConfig
-from raytrain.train.launch import CACHE, synthetic_shards
+from raytrain.train.launch import CACHE, init_ray, synthetic_shards
 from raytrain.train.loop import JOBS, make_trainer, run_dir
 from shards.layout import resolve
 
@@ -373,19 +372,6 @@ def synthetic_val(seed: int = 0) -> str:
     return str(root)
 
 
-def _init_ray(extra_cpus: int) -> None:
-    """`init_ray`, except that a local Ray keeps its dashboard: Train's PlacementGroupCleaner frees the
-    worker placement group of a stopped trial (ASHA) only through the state API, without which every
-    early-stopped trial keeps its CPUs/GPUs reserved and the sweep stalls."""
-    if ray.is_initialized():
-        return
-    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-    try:
-        ray.init(address=os.environ.get("RAY_ADDRESS", "auto"))
-    except ConnectionError:
-        ray.init(num_cpus=(os.cpu_count() or 1) + extra_cpus, include_dashboard=True)
-
-
 def main(job: str, argv: Sequence[str] | None = None) -> None:
     """`python jobs/tune_<job>.py [flags]`: run the sweep and print its table and best trial."""
     cls = SWEEPS[job]
@@ -398,7 +384,7 @@ def main(job: str, argv: Sequence[str] | None = None) -> None:
         if "val_data" not in given:
             cfg = dataclasses.replace(cfg, val_data=synthetic_val(cfg.seed))
     _check(cfg, job)
-    _init_ray(extra_cpus=cfg.num_workers + 1)
+    init_ray(extra_cpus=cfg.num_workers + 1, dashboard=True)
     if not cfg.data:
         cfg = dataclasses.replace(cfg, data=synthetic_shards(job, cfg.seed))
     run_sweep(job, cfg)

@@ -1,8 +1,12 @@
 """Shared fixtures: a local Ray instance and small synthetic DAVIS / YouTube-VOS datasets."""
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -10,6 +14,7 @@ import pytest
 # whole session: a client and a cluster that disagree on the mode cannot talk (see shared/reference/ray.md §5).
 os.environ["RAY_AUTH_MODE"] = "disabled"
 
+from shards.pack import pack
 from shards.synth import write_davis, write_ytvos
 
 # Small enough for 2 CPU cores; tests that need other sizes call write_davis/write_ytvos themselves.
@@ -43,3 +48,57 @@ def synth_ytvos(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("ytvos")
     write_ytvos(root, **SYNTH)
     return root
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for the test: timings and results do not depend on the machine's cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def pack_synthetic(root: Path, num_videos: int, yt_frames: int, davis_frames: int, seed: int,
+                   shard_size: str) -> Path:
+    """Synthetic YouTube-VOS and DAVIS sets at 64 px under `root`, packed into `yt_shards` / `davis_shards`."""
+    write_ytvos(root / "yt", num_videos=num_videos, num_frames=yt_frames, height=64, num_val=1, seed=seed)
+    write_davis(root / "davis", num_videos=num_videos, num_frames=davis_frames, height=64, num_val=1, seed=seed)
+    pack(str(root / "yt"), str(root / "yt_shards"), layout="ytvos", split="train", shard_size=shard_size)
+    pack(str(root / "davis"), str(root / "davis_shards"), layout="davis", split="train", shard_size=shard_size)
+    return root
+
+
+@contextlib.contextmanager
+def private_cluster(head: dict, node_cpus: tuple[int, ...] = ()) -> Iterator[tuple]:
+    """A `ray.cluster_utils.Cluster` (head plus nodes of `node_cpus` CPUs) with this process connected to it.
+
+    Its processes get their own RAY_TMPDIR, which holds the cluster's address file, so nothing on the machine
+    joins it by accident and its state API finds it. Train worker groups may take minutes to start on a busy
+    machine. Yields (cluster, nodes, temp folder).
+    """
+    import ray
+    from ray.cluster_utils import Cluster
+
+    root = tempfile.mkdtemp(prefix="rtc-", dir="/tmp")  # short: Ray's socket paths must fit 107 chars
+    env = {"RAY_TMPDIR": root, "RAY_AUTH_MODE": "disabled", "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "600"}
+    saved = {k: os.environ.get(k) for k in (*env, "RAY_ADDRESS")}
+    os.environ.update(env)  # inherited by the cluster's processes
+    os.environ.pop("RAY_ADDRESS", None)
+    cluster = Cluster(initialize_head=True, head_node_args=head)
+    try:
+        nodes = [cluster.add_node(num_cpus=n) for n in node_cpus]
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, log_to_driver=False)
+        yield cluster, nodes, Path(root)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        shutil.rmtree(root, ignore_errors=True)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

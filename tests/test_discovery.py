@@ -18,12 +18,7 @@ from shards.layout import list_videos
 NUM_CANDIDATES = 64  # 16 semantic x 4 instance slots
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _gt(root) -> np.ndarray:

@@ -22,14 +22,6 @@ from raytrain.train.smtc_task import SMTCTask
 ray.cloudpickle.register_pickle_by_value(__import__(__name__))
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_checkpoints_are_read_on_the_driver(tmp_path, one_thread):
     cfg = SMTCConfig(num_slots=4, num_instance=2, resolution=64)
     task = SMTCTask(cfg, "cpu")

@@ -13,10 +13,7 @@ and the third CPU of a node is left to the data tasks.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -24,8 +21,8 @@ from pathlib import Path
 import pytest
 import ray
 import ray.train
-from ray.cluster_utils import Cluster
 
+from conftest import private_cluster
 from raytrain.config import parse
 from raytrain.configs import SMTCConfig
 from raytrain.train.loop import FAILURE_ENV, load_checkpoint_state, make_trainer
@@ -62,28 +59,8 @@ def _records(path: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def cluster():
-    root = tempfile.mkdtemp(prefix="rtft-", dir="/tmp")  # short: Ray's socket paths must fit 107 chars
-    env = {"RAY_TMPDIR": root, "RAY_AUTH_MODE": "disabled", "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "600"}
-    saved = {k: os.environ.get(k) for k in (*env, "RAY_ADDRESS")}
-    # Inherited by the cluster's processes. Own temp dir: the cluster's address file must not make other Ray
-    # drivers on this machine join it. Worker groups may take minutes to start on a busy machine.
-    os.environ.update(env)
-    os.environ.pop("RAY_ADDRESS", None)
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    try:
-        nodes = [c.add_node(num_cpus=3) for _ in range(3)]
-        c.wait_for_nodes()
-        ray.init(address=c.address, log_to_driver=False)
-        yield c, nodes, Path(root)
-    finally:
-        ray.shutdown()
-        c.shutdown()
-        shutil.rmtree(root, ignore_errors=True)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    with private_cluster({"num_cpus": 1, "include_dashboard": False}, node_cpus=(3, 3, 3)) as c:
+        yield c
 
 
 @pytest.fixture(scope="module")

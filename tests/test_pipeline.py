@@ -2,6 +2,7 @@
 2-worker TorchTrainer fed with equal batches per rank."""
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import tarfile
@@ -12,13 +13,11 @@ import pytest
 import ray
 import torch
 
+from conftest import pack_synthetic
 from raytrain.data import decode
-import itertools
-
 from raytrain.data.pipeline import DataHealth, clip_batches
 from raytrain.data.plan import ClipSource, StreamConfig
-from shards.pack import pack, read_index
-from shards.synth import write_davis, write_ytvos
+from shards.pack import read_index
 
 # Functions of this module run inside Ray workers, where the tests folder is not importable.
 ray.cloudpickle.register_pickle_by_value(__import__(__name__))
@@ -26,12 +25,8 @@ ray.cloudpickle.register_pickle_by_value(__import__(__name__))
 
 @pytest.fixture(scope="module")
 def data(ray_local, tmp_path_factory):
-    root = tmp_path_factory.mktemp("pipeline")
-    write_ytvos(root / "yt", num_videos=6, num_frames=16, height=64, num_val=1, seed=1)
-    write_davis(root / "davis", num_videos=6, num_frames=10, height=64, num_val=1, seed=1)
-    pack(str(root / "yt"), str(root / "yt_shards"), layout="ytvos", split="train", shard_size="40KB")
-    pack(str(root / "davis"), str(root / "davis_shards"), layout="davis", split="train", shard_size="40KB")
-    return root
+    return pack_synthetic(tmp_path_factory.mktemp("pipeline"), num_videos=6, yt_frames=16, davis_frames=10,
+                          seed=1, shard_size="40KB")
 
 
 def _cfg(kind, **kw):

@@ -8,9 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from raytrain.eval.stmae_vos import (MaskMemory, load_stmae, propagate_video, read_palette, save_masks,
-                                     voc_palette)
+from raytrain.eval.stmae_vos import MaskMemory, load_stmae, propagate_video, read_palette, save_masks
 from raytrain.models.stmae import STMAE
+from shards.synth import DAVIS_PALETTE
 
 torch.set_num_threads(2)
 H, W, N = 64, 96, 12
@@ -35,7 +35,7 @@ def make_video(root: Path) -> tuple[list[Path], dict[int, Path]]:
         if t in (0, 10):
             given = ids if t == 0 else np.where(ids == 5, ids, 0).astype(np.uint8)  # only the new object
             im = Image.fromarray(given)
-            im.putpalette(voc_palette())
+            im.putpalette(DAVIS_PALETTE)
             annotations[t] = root / "Annotations" / f"{t:05d}.png"
             im.save(annotations[t])
     return frames, annotations
@@ -47,12 +47,6 @@ def checkpoint(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("ckpt") / "stmae.pth"
     torch.save(STMAE().state_dict(), path)
     return path
-
-
-def test_voc_palette():
-    pal = voc_palette()
-    assert len(pal) == 768 and pal[3:6] == [128, 0, 0] and pal[27:30] == [192, 0, 0]
-    assert pal[255 * 3:] == [224, 224, 192]
 
 
 def test_propagate_and_save_synthetic_video(tmp_path, checkpoint):

@@ -11,20 +11,15 @@ import torch
 
 from raytrain.configs import SMTCConfig, STMAEConfig
 from raytrain.train.loop import FAILURE_ENV, fit, load_checkpoint_state
-from shards.pack import pack
-from shards.synth import write_davis, write_ytvos
+from conftest import pack_synthetic
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def shards(ray_local, tmp_path_factory):
-    root = tmp_path_factory.mktemp("train")
-    write_ytvos(root / "yt", num_videos=4, num_frames=16, height=64, num_val=1, seed=2)
-    write_davis(root / "davis", num_videos=4, num_frames=10, height=64, num_val=1, seed=2)
-    pack(str(root / "yt"), str(root / "yt_shards"), layout="ytvos", split="train", shard_size="60KB")
-    pack(str(root / "davis"), str(root / "davis_shards"), layout="davis", split="train", shard_size="60KB")
-    return root
+    return pack_synthetic(tmp_path_factory.mktemp("train"), num_videos=4, yt_frames=16, davis_frames=10,
+                          seed=2, shard_size="60KB")
 
 
 def _losses(run_dir):

@@ -5,9 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import os
-import shutil
 import signal
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -17,8 +15,8 @@ import pytest
 import ray
 import ray.tune
 from PIL import Image
-from ray.cluster_utils import Cluster
 
+from conftest import private_cluster
 from raytrain.config import from_dict, parse
 from raytrain.configs import SMTCConfig, STMAEConfig
 from raytrain.train.loop import load_checkpoint_state
@@ -98,31 +96,9 @@ def test_table_csv_and_plot():
 
 @pytest.fixture(scope="module")
 def ray_head():
-    """A one-node Ray cluster with the dashboard, whose state API frees the placement groups of stopped trials.
-
-    Its processes see their own RAY_TMPDIR, which holds the cluster's address file: the state API resolves
-    the cluster from there, and never joins (nor makes others join) another Ray instance on the machine.
-    Train worker groups may take minutes to start on a busy machine.
-    """
-    root = tempfile.mkdtemp(prefix="rttune-", dir="/tmp")  # short: Ray's socket paths must fit 107 chars
-    env = {"RAY_TMPDIR": root, "RAY_AUTH_MODE": "disabled", "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "600"}
-    saved = {k: os.environ.get(k) for k in (*env, "RAY_ADDRESS")}
-    os.environ.update(env)
-    os.environ.pop("RAY_ADDRESS", None)
-    head = Cluster(initialize_head=True, head_node_args={"num_cpus": 4, "include_dashboard": True,
-                                                         "object_store_memory": int(1e9)})
-    try:
-        ray.init(address=head.address, log_to_driver=False)
+    """A one-node cluster with the dashboard, whose state API frees the placement groups of stopped trials."""
+    with private_cluster({"num_cpus": 4, "include_dashboard": True, "object_store_memory": int(1e9)}):
         yield
-    finally:
-        ray.shutdown()
-        head.shutdown()
-        shutil.rmtree(root, ignore_errors=True)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _event_steps(folder: Path) -> list[list[int]]:

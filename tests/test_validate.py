@@ -12,12 +12,7 @@ from raytrain.train.smtc_task import SMTCTask
 from raytrain.train.stmae_task import STMAETask
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _check(metrics: dict[str, float]) -> None:

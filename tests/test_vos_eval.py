@@ -20,12 +20,7 @@ from shards.synth import DAVIS_PALETTE, YTVOS_PALETTE, write_ytvos
 FAST = ["--serial", "--size", "32", "--overlays", "1"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -30,6 +30,7 @@ from PIL import Image
 from raytrain.models.stmae import STMAE, load_checkpoint, readout_masks, similarity, softmax_affinity
 from raytrain.models.stmae_modules import aggregate
 from raytrain.train.stmae_task import normalise
+from shards.synth import DAVIS_PALETTE
 
 Frame = np.ndarray | str | os.PathLike
 
@@ -37,21 +38,6 @@ Frame = np.ndarray | str | os.PathLike
 def load_stmae(path: str | os.PathLike, device: torch.device | str = "cpu") -> STMAE:
     """STMAE in eval mode on `device` from a checkpoint (released weights, {'network': ...}, task state)."""
     return load_checkpoint(path).to(device).eval()
-
-
-def voc_palette() -> list[int]:
-    """The PASCAL-VOC colour map (DAVIS palette) as a flat list of 768 ints."""
-    pal = []
-    for i in range(256):
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        pal += [r, g, b]
-    return pal
 
 
 def read_palette(png: str | os.PathLike) -> list[int] | None:
@@ -67,7 +53,7 @@ def save_masks(masks: Sequence[np.ndarray], out_dir: str | os.PathLike, frame_na
         raise ValueError(f"save_masks: {len(masks)} masks but {len(frame_names)} frame names")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    pal = list(palette) if palette is not None else voc_palette()
+    pal = list(palette) if palette is not None else DAVIS_PALETTE
     paths = []
     for mask, name in zip(masks, frame_names):
         im = Image.fromarray(np.asarray(mask, dtype=np.uint8))
