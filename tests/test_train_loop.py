@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import pack_synthetic
 from raytrain.configs import SMTCConfig, STMAEConfig
 from raytrain.train.loop import FAILURE_ENV, fit, load_checkpoint_state
-from conftest import pack_synthetic
 
 pytestmark = pytest.mark.slow
 
@@ -52,7 +54,10 @@ def test_run_resumes_after_a_killed_worker_and_on_resubmission(job, shards, tmp_
                           batch_size=2, lr=1e-4, max_skip=[3], max_skip_at=[0.0])
     cfg = dataclasses.replace(cfg, storage_path=str(tmp_path / "runs"), name=f"{job}-ft", num_workers=2,
                               steps=12, checkpoint_every=4, log_every=2, clips_per_video=2, max_failures=2)
+    temp_checkpoints = set(Path(tempfile.gettempdir()).glob("raytrain-ckpt-*"))
     result = _run_with_a_killed_worker(cfg, tmp_path, kill_at=6)
+    # Train persisted each checkpoint to storage and its temp folder went away.
+    assert set(Path(tempfile.gettempdir()).glob("raytrain-ckpt-*")) <= temp_checkpoints
     state = load_checkpoint_state(result.checkpoint.path)
     assert state["step"] == 12
     assert state["starts"] == [0, 4]  # restarted from the step-4 checkpoint, not from scratch

@@ -59,7 +59,7 @@ def run_dir(cfg: RunConfig, job: str) -> tuple[str, str]:
 
 
 def _save_checkpoint(state: dict[str, Any]) -> ray.train.Checkpoint:
-    """Write the state to a fresh folder (temp file + rename) for Ray Train to persist."""
+    """Write the state to a fresh temp folder (temp file + rename) for Ray Train to persist and delete."""
     folder = tempfile.mkdtemp(prefix="raytrain-ckpt-")
     tmp = os.path.join(folder, STATE_FILE + ".tmp")
     torch.save(state, tmp)
@@ -146,20 +146,21 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         checkpoint = None
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             if rank == 0:
+                if cfg.val_data:
+                    from raytrain.eval.validate import validate
+                    metrics.update(validate(job, task, cfg))
                 checkpoint = _save_checkpoint({"task": task.state_dict(), "step": step,
                                                "sampler": {"seed": cfg.seed, "world_size": world,
                                                            "batch_size": cfg.batch_size},
                                                "starts": starts, "config": to_dict(cfg), "job": job})
-                if cfg.val_data:
-                    from raytrain.eval.validate import validate
-                    metrics.update(validate(job, task, cfg))
         if writer is not None:
             for k, v in metrics.items():
                 writer.add_scalar(f"train/{k}", v, step)
             writer.flush()
             print(f"[{job}] step {step}/{cfg.steps} " + " ".join(
                 f"{k}={v:.4g}" for k, v in metrics.items() if k != "step"), flush=True)
-        ray.train.report(metrics, checkpoint=checkpoint)
+        # The temp folder is removed once Train has copied it to storage: a long run must not fill the disk.
+        ray.train.report(metrics, checkpoint=checkpoint, delete_local_checkpoint_after_upload=True)
         sums.clear()
         n, wait, t0 = 0, 0.0, time.perf_counter()
     if writer is not None:
