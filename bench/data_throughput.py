@@ -86,7 +86,9 @@ def bench_pipeline(shards: str, batch: int, batches: int, size: int) -> float:
     next(it)  # warm-up: task start-up and the first shard read
     t = time.perf_counter()
     n = sum(b["frames"].shape[0] for b, _ in zip(it, range(batches)))
-    return n / (time.perf_counter() - t)
+    rate = n / (time.perf_counter() - t)
+    it.close()  # stops the Ray Data executor behind the endless stream
+    return rate
 
 
 def main() -> None:
@@ -105,6 +107,7 @@ def main() -> None:
         raise SystemExit("the baseline needs OpenCV: pip install opencv-python-headless")
     import ray
 
+    from raytrain.train.launch import init_ray
     from shards.pack import pack
     from shards.synth import write_ytvos
 
@@ -112,13 +115,16 @@ def main() -> None:
     work = Path(a.workdir or tempfile.mkdtemp(prefix="raytrain-bench-"))
     if not (work / "shards" / "index.parquet").exists():
         write_ytvos(work / "videos", num_videos=a.videos, num_frames=a.frames, height=a.height, num_val=0)
-    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-    ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
+    # Ray starts as in a training job (`init_ray`): a training job with N workers gets cores + N + 1 logical
+    # CPUs, so its decode tasks have cores + 1 slots. Here the driver consumes the batches, so N = 0. One
+    # more task than cores keeps both cores busy while a task waits on the object store.
+    init_ray(extra_cpus=1)
     if not (work / "shards" / "index.parquet").exists():
         pack(str(work / "videos"), str(work / "shards"), layout="ytvos", split="train")
     jpeg_root = work / "videos" / "train" / "JPEGImages"
 
     pipeline = bench_pipeline(str(work / "shards"), a.batch, a.batches, a.size)
+    ray.shutdown()
     baseline = bench_baseline(jpeg_root, cores, a.batch, a.batches, a.size)
     ceiling = bench_ceiling(jpeg_root, a.size, cores)
     print(f"\nSMTC clips/s ({a.size}x{a.size}, 4 frames, {a.height}p JPEGs, {cores} cores, batch {a.batch})\n")
