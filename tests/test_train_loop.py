@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -13,7 +15,8 @@ import torch
 
 from conftest import pack_synthetic
 from raytrain.configs import SMTCConfig, STMAEConfig
-from raytrain.train.loop import FAILURE_ENV, fit, load_checkpoint_state
+from raytrain.train.loop import (CKPT_PREFIX, FAILURE_ENV, fit, load_checkpoint_state,
+                                 remove_stale_checkpoint_folders)
 
 pytestmark = pytest.mark.slow
 
@@ -69,3 +72,15 @@ def test_run_resumes_after_a_killed_worker_and_on_resubmission(job, shards, tmp_
     more = fit(job, dataclasses.replace(cfg, steps=16))  # resubmitting the same run name resumes it
     state = load_checkpoint_state(more.checkpoint.path)
     assert state["step"] == 16 and state["starts"] == [0, 4, 12]
+
+
+def test_temp_checkpoints_of_dead_processes_are_removed(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    stale, live = tmp_path / f"{CKPT_PREFIX}{ended.pid}-a1", tmp_path / f"{CKPT_PREFIX}{os.getpid()}-b2"
+    for folder in (stale, live):
+        folder.mkdir()
+        (folder / "state.pt").write_bytes(b"x")
+    remove_stale_checkpoint_folders()
+    assert not stale.exists() and live.exists()

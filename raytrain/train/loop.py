@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import shutil
 import tempfile
 import time
 from collections import defaultdict
@@ -35,6 +36,7 @@ JOBS: dict[str, tuple[type[RunConfig], str]] = {
     "stmae": (STMAEConfig, "raytrain.train.stmae_task:STMAETask"),
 }
 STATE_FILE = "state.pt"
+CKPT_PREFIX = "raytrain-ckpt-"  # temp checkpoint folders: raytrain-ckpt-<pid>-<random>
 FAILURE_ENV = "RAYTRAIN_INJECT_FAILURE"  # "step:rank:marker" — kill that worker once (fault-tolerance tests)
 
 
@@ -58,9 +60,32 @@ def run_dir(cfg: RunConfig, job: str) -> tuple[str, str]:
     return storage, cfg.name or f"{job}-default"
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_checkpoint_folders() -> None:
+    """Delete the temp checkpoint folders of processes that died before Train persisted and removed them."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{CKPT_PREFIX}*-*"):
+        pid = folder.name[len(CKPT_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def _save_checkpoint(state: dict[str, Any]) -> ray.train.Checkpoint:
-    """Write the state to a fresh temp folder (temp file + rename) for Ray Train to persist and delete."""
-    folder = tempfile.mkdtemp(prefix="raytrain-ckpt-")
+    """Write the state to a fresh temp folder (temp file + rename) for Ray Train to persist and delete.
+
+    The folder is named after this process, so that a later run on the node can remove it if this process
+    is killed before Train has copied it.
+    """
+    remove_stale_checkpoint_folders()
+    folder = tempfile.mkdtemp(prefix=f"{CKPT_PREFIX}{os.getpid()}-")
     tmp = os.path.join(folder, STATE_FILE + ".tmp")
     torch.save(state, tmp)
     os.replace(tmp, os.path.join(folder, STATE_FILE))
