@@ -65,8 +65,8 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # alive, owned by another user
+        pass
     return True
 
 
@@ -81,10 +81,9 @@ def remove_stale_checkpoint_folders() -> None:
 def _save_checkpoint(state: dict[str, Any]) -> ray.train.Checkpoint:
     """Write the state to a fresh temp folder (temp file + rename) for Ray Train to persist and delete.
 
-    The folder is named after this process, so that a later run on the node can remove it if this process
-    is killed before Train has copied it.
+    The folder is named after this process, so that the worker group started after a crash can remove it
+    (`remove_stale_checkpoint_folders`) if this process was killed before Train copied it.
     """
-    remove_stale_checkpoint_folders()
     folder = tempfile.mkdtemp(prefix=f"{CKPT_PREFIX}{os.getpid()}-")
     tmp = os.path.join(folder, STATE_FILE + ".tmp")
     torch.save(state, tmp)
@@ -123,6 +122,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     cfg = from_dict(JOBS[job][0], config["cfg"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    if ctx.get_local_rank() == 0:
+        remove_stale_checkpoint_folders()  # left on this node by workers killed mid-checkpoint
     device = ray.train.torch.get_device()
     torch.manual_seed(cfg.seed)  # identical initialisation on every rank
     task = make_task(job, cfg, device)
