@@ -1,14 +1,16 @@
 """SMTC clip throughput of the Ray Data pipeline vs the upstream-style loader and the decode ceiling.
 
     pip install opencv-python-headless   # the baseline's decoder; the project itself does not need OpenCV
-    python bench/data_throughput.py [--videos 16 --frames 40 --height 480 --batches 40]
+    python bench/data_throughput.py [--videos 16 --frames 40 --height 480 --warmup 8 --batches 60]
 
 Three numbers, measured in the same run on the same synthetic YouTube-VOS-layout frames:
-- pipeline: clips/s out of `raytrain.data.pipeline` (shards -> Ray Data -> torch batches), after warm-up;
+- pipeline: clips/s out of `raytrain.data.pipeline` (shards -> Ray Data -> torch batches);
 - baseline: a torch DataLoader over the JPEG folders reading the way upstream SMTC does (cv2.imread, BGR->RGB,
   /255 as float, cv2.resize to 256x256), the same clip sampling, the same number of worker processes;
-- ceiling: one core decoding and resizing frames the pipeline's way (libjpeg-turbo at reduced scale + resize),
-  times the cores the pipeline uses, divided by frames per clip.
+- ceiling: one core decoding and resizing the data set's frames the pipeline's way (libjpeg-turbo at reduced
+  scale + resize), from memory, times the cores the pipeline uses, divided by frames per clip.
+Both loaders are timed in their steady state: over `--batches` batches after `--warmup` batches, so that
+worker start-up and the filling of prefetch buffers fall outside the timed window.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -48,19 +51,23 @@ class UpstreamClips(torch.utils.data.Dataset):
         return torch.from_numpy(np.stack(out))
 
 
-def bench_baseline(jpeg_root: Path, workers: int, batch: int, batches: int, size: int) -> float:
-    ds = UpstreamClips(jpeg_root, 4, 4, size, batch * (batches + 2))
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch, num_workers=workers, drop_last=True)
-    it = iter(loader)
-    next(it)  # warm-up: worker start
+def timed(batches: Iterator, warmup: int, count: int) -> float:
+    """Clips per second over `count` batches after `warmup` batches."""
+    for _ in range(warmup):
+        next(batches)
     t = time.perf_counter()
-    n = sum(b.shape[0] for b, _ in zip(it, range(batches)))
+    n = sum(b.shape[0] for b, _ in zip(batches, range(count)))
     return n / (time.perf_counter() - t)
 
 
+def bench_baseline(jpeg_root: Path, workers: int, batch: int, warmup: int, batches: int, size: int) -> float:
+    ds = UpstreamClips(jpeg_root, 4, 4, size, batch * (warmup + batches + 1))
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch, num_workers=workers, drop_last=True)
+    return timed(iter(loader), warmup, batches)
+
+
 def bench_ceiling(jpeg_root: Path, size: int, cores: int, seconds: float = 3.0) -> float:
-    files = sorted(jpeg_root.glob("*/*.jpg"))[:64]
-    data = [f.read_bytes() for f in files]
+    data = [f.read_bytes() for f in sorted(jpeg_root.glob("*/*.jpg"))]  # all frames: the pipeline's reads
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one core, as a Ray task with num_cpus=1 runs
     n, t = 0, time.perf_counter()
@@ -72,7 +79,7 @@ def bench_ceiling(jpeg_root: Path, size: int, cores: int, seconds: float = 3.0) 
     return rate
 
 
-def bench_pipeline(shards: str, batch: int, batches: int, size: int) -> float:
+def bench_pipeline(shards: str, batch: int, warmup: int, batches: int, size: int) -> float:
     import ray
 
     from raytrain.data.pipeline import clip_batches
@@ -80,13 +87,10 @@ def bench_pipeline(shards: str, batch: int, batches: int, size: int) -> float:
     from shards.pack import read_index
 
     source = ClipSource.from_index(shards, read_index(shards))
-    cfg = StreamConfig(kind="smtc", seed=0, rank=0, world_size=1, batch_size=batch, steps=batches + 4,
+    cfg = StreamConfig(kind="smtc", seed=0, rank=0, world_size=1, batch_size=batch, steps=warmup + batches + 1,
                        clips_per_video=8, num_frames=4, size=size, gap=4)
     it = clip_batches(ray.put(source), cfg)
-    next(it)  # warm-up: task start-up and the first shard read
-    t = time.perf_counter()
-    n = sum(b["frames"].shape[0] for b, _ in zip(it, range(batches)))
-    rate = n / (time.perf_counter() - t)
+    rate = timed((b["frames"] for b in it), warmup, batches)
     it.close()  # stops the Ray Data executor behind the endless stream
     return rate
 
@@ -97,7 +101,8 @@ def main() -> None:
     p.add_argument("--frames", type=int, default=40)
     p.add_argument("--height", type=int, default=480)
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--batches", type=int, default=40, help="batches timed after the first (steady state)")
+    p.add_argument("--warmup", type=int, default=8, help="batches before the timed window")
+    p.add_argument("--batches", type=int, default=60, help="batches timed")
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--workdir", default="", help="reuse data generated here (default: a temp folder)")
     a = p.parse_args()
@@ -115,18 +120,19 @@ def main() -> None:
     work = Path(a.workdir or tempfile.mkdtemp(prefix="raytrain-bench-"))
     if not (work / "shards" / "index.parquet").exists():
         write_ytvos(work / "videos", num_videos=a.videos, num_frames=a.frames, height=a.height, num_val=0)
-    # Ray starts as in a training job (`init_ray`): a training job with N workers gets cores + N + 1 logical
-    # CPUs, so its decode tasks have cores + 1 slots. Here the driver consumes the batches, so N = 0. One
-    # more task than cores keeps both cores busy while a task waits on the object store.
-    init_ray(extra_cpus=1)
-    if not (work / "shards" / "index.parquet").exists():
         pack(str(work / "videos"), str(work / "shards"), layout="ytvos", split="train")
+        ray.shutdown()  # the baseline and the ceiling run without Ray
     jpeg_root = work / "videos" / "train" / "JPEGImages"
 
-    pipeline = bench_pipeline(str(work / "shards"), a.batch, a.batches, a.size)
-    ray.shutdown()
-    baseline = bench_baseline(jpeg_root, cores, a.batch, a.batches, a.size)
+    baseline = bench_baseline(jpeg_root, cores, a.batch, a.warmup, a.batches, a.size)
     ceiling = bench_ceiling(jpeg_root, a.size, cores)
+    # Ray starts as in a training job (`init_ray`): a training job with N workers gets cores + N + 1 logical
+    # CPUs, so its decode tasks have cores + 1 slots. Here the driver consumes the batches, so N = 0. One
+    # more task than cores keeps both cores busy while a task waits on the object store. The pipeline runs
+    # last because Ray is left to shut down at exit: shutting it down while the stream's threads wind down
+    # can end the process.
+    init_ray(extra_cpus=1)
+    pipeline = bench_pipeline(str(work / "shards"), a.batch, a.warmup, a.batches, a.size)
     print(f"\nSMTC clips/s ({a.size}x{a.size}, 4 frames, {a.height}p JPEGs, {cores} cores, batch {a.batch})\n")
     print("| loader | clips/s | pipeline / this |")
     print("|---|---:|---:|")

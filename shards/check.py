@@ -2,7 +2,7 @@
 
 Found: a missing index or shard, shards not in the index, a tar cut short (a member's data ends early or the
 end-of-archive blocks are missing), missing, unexpected, duplicated or non-contiguous members, members whose
-size or CRC-32 differs from the index, JPEG/PNG members PIL cannot decode or whose size differs from the
+size, CRC-32 or byte offset differs from the index, JPEG/PNG members PIL cannot decode or whose size differs from the
 video's, and `<video>.json` members that are unreadable or disagree with the index.
 """
 from __future__ import annotations
@@ -42,10 +42,12 @@ class Report:
         return f"{self.root}: {self.shards} shards, {self.videos} videos, {self.members} members checked: {status}"
 
 
-def _check_member(shard: str, name: str, data: bytes, expected: dict) -> list[str]:
+def _check_member(shard: str, name: str, data: bytes, offset: int, expected: dict) -> list[str]:
     if name not in expected:
         return [f"{shard}: unexpected member {name}"]
-    size, crc, row = expected[name]
+    size, crc, at, row = expected[name]
+    if offset != at:
+        return [f"{shard}: member {name} starts at byte {offset}, the index says {at} (re-pack the shard)"]
     if len(data) != size:
         return [f"{shard}: member {name} has {len(data)} bytes, the index says {size} (truncated or altered)"]
     problems = []
@@ -83,7 +85,8 @@ def _check_shard(fs: pafs.FileSystem, folder: str, shard: str, rows: list[dict])
         f.seek(max(size - 1024, 0))
         if size % 512 or size < 1024 or any(f.read(1024)):
             problems.append(f"{shard}: truncated tar (size {size}, no end-of-archive blocks)")
-    expected = {m: (s, c, r) for r in rows for m, s, c in zip(r["members"], r["sizes"], r["crc32"])}
+    expected = {m: (s, c, o, r) for r in rows
+                for m, s, c, o in zip(r["members"], r["sizes"], r["crc32"], r["offsets"])}
     seen: set[str] = set()
     finished: set[str] = set()
     key = None
@@ -108,7 +111,7 @@ def _check_shard(fs: pafs.FileSystem, folder: str, shard: str, rows: list[dict])
                 if name in seen:
                     problems.append(f"{shard}: duplicated member {name}")
                 seen.add(name)
-                problems += _check_member(shard, name, data, expected)
+                problems += _check_member(shard, name, data, member.offset_data, expected)
     except (tarfile.ReadError, EOFError, OSError) as e:
         problems.append(f"{shard}: unreadable tar after {len(seen)} members ({e})")
     missing = [m for m in expected if m not in seen]

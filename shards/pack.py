@@ -51,6 +51,7 @@ SCHEMA = pa.schema([
     ("members", pa.list_(pa.string())),    # tar member names in order
     ("sizes", pa.list_(pa.int64())),       # their sizes
     ("crc32", pa.list_(pa.uint32())),      # and checksums (used by `check`)
+    ("offsets", pa.list_(pa.int64())),     # and where their data starts in the shard (read by seeking)
 ])
 
 _UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
@@ -119,20 +120,24 @@ def _sample(video: Video, layout: str, split: str, resize_short: int | None) -> 
     return sorted(members)
 
 
-def _row(shard: str, meta: dict, members: list[tuple[str, int, int]]) -> dict:
+def _row(shard: str, meta: dict, members: list[tuple[str, bytes, int]]) -> dict:
+    """The index row of one video from its (name, data, data offset) members."""
     objects = sorted((int(k), c) for k, c in meta["objects"].items())
     return {"shard": shard, "video": meta["video"], "frames": meta["frames"], "annotated": meta["annotated"],
-            "num_frames": len(meta["frames"]), "bytes": sum(s for _, s, _ in members),
+            "num_frames": len(meta["frames"]), "bytes": sum(len(d) for _, d, _ in members),
             "objects": len(objects), "object_ids": [i for i, _ in objects], "categories": [c for _, c in objects],
             "height": meta["height"], "width": meta["width"], "members": [n for n, _, _ in members],
-            "sizes": [s for _, s, _ in members], "crc32": [c for _, _, c in members]}
+            "sizes": [len(d) for _, d, _ in members], "crc32": [zlib.crc32(d) for _, d, _ in members],
+            "offsets": [o for _, _, o in members]}
 
 
-def _tar_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+def _tar_member(tar: tarfile.TarFile, name: str, data: bytes) -> int:
+    """Append a member; return the offset of its data in the tar."""
     info = tarfile.TarInfo(name)
     info.size = len(data)
     info.mode = 0o644
     tar.addfile(info, io.BytesIO(data))
+    return tar.offset - -(-len(data) // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE  # data is padded to blocks
 
 
 def write_shard(fs: pafs.FileSystem, folder: str, name: str, videos: list[Video], layout: str, split: str,
@@ -144,11 +149,8 @@ def write_shard(fs: pafs.FileSystem, folder: str, name: str, videos: list[Video]
         with fs.open_output_stream(tmp, compression=None) as stream, \
                 tarfile.open(fileobj=stream, mode="w|") as tar:
             for video in videos:
-                members = _sample(video, layout, split, resize_short)
-                for member, data in members:
-                    _tar_member(tar, member, data)
-                meta = json.loads(members[-1][1])
-                rows.append(_row(name, meta, [(n, len(d), zlib.crc32(d)) for n, d in members]))
+                members = [(n, d, _tar_member(tar, n, d)) for n, d in _sample(video, layout, split, resize_short)]
+                rows.append(_row(name, json.loads(members[-1][1]), members))
         fs.move(tmp, posixpath.join(folder, name))
     except BaseException:
         if fs.get_file_info(tmp).type == pafs.FileType.File:
@@ -157,8 +159,8 @@ def write_shard(fs: pafs.FileSystem, folder: str, name: str, videos: list[Video]
     return rows
 
 
-def iter_samples(fs: pafs.FileSystem, path: str) -> Iterator[tuple[str, list[tuple[str, bytes]]]]:
-    """(video, members) for each run of members sharing a key in the tar at `path`, in file order."""
+def iter_samples(fs: pafs.FileSystem, path: str) -> Iterator[tuple[str, list[tuple[str, bytes, int]]]]:
+    """(video, [(name, data, data offset)]) for each run of members sharing a key in the tar at `path`."""
     key, members = None, []
     with fs.open_input_stream(path, compression=None) as stream, \
             tarfile.open(fileobj=stream, mode="r|") as tar:
@@ -171,7 +173,7 @@ def iter_samples(fs: pafs.FileSystem, path: str) -> Iterator[tuple[str, list[tup
                 yield key, members
                 members = []
             key = k
-            members.append((info.name, data))
+            members.append((info.name, data, info.offset_data))
     if members:
         yield key, members
 
@@ -181,10 +183,10 @@ def index_shard(fs: pafs.FileSystem, folder: str, name: str, expected: list[str]
     path = posixpath.join(folder, name)
     rows = []
     for video, members in iter_samples(fs, path):
-        metas = [d for n, d in members if n == f"{video}.json"]
+        metas = [d for n, d, _ in members if n == f"{video}.json"]
         if not metas:
             raise ValueError(f"{path}: video {video} has no {video}.json member; delete the shard and re-pack")
-        rows.append(_row(name, json.loads(metas[0]), [(n, len(d), zlib.crc32(d)) for n, d in members]))
+        rows.append(_row(name, json.loads(metas[0]), members))
     found = [r["video"] for r in rows]
     if found != expected:
         raise ValueError(f"{path} holds videos {found[:3]}... but the plan puts {expected[:3]}... in it; "
@@ -221,7 +223,11 @@ def read_index(out: str) -> pa.Table:
     path = posixpath.join(folder, INDEX)
     if fs.get_file_info(path).type != pafs.FileType.File:
         raise FileNotFoundError(f"{out}: no {INDEX} (not packed, or packing did not finish)")
-    return pq.read_table(path, filesystem=fs)
+    table = pq.read_table(path, filesystem=fs)
+    if "offsets" not in table.column_names:
+        raise ValueError(f"{out}: {INDEX} was written by an older version without member offsets; run the same "
+                         f"`python -m shards pack` again: it keeps the shards and rewrites the index")
+    return table
 
 
 def shard_urls(out: str) -> list[str]:

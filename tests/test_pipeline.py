@@ -14,8 +14,8 @@ import ray
 import torch
 
 from conftest import pack_synthetic
-from raytrain.data import decode
-from raytrain.data.pipeline import DataHealth, clip_batches
+from raytrain.data import decode, pipeline, plan
+from raytrain.data.pipeline import DataHealth, clip_batches, coalesce
 from raytrain.data.plan import ClipSource, StreamConfig
 from shards.pack import read_index
 
@@ -55,7 +55,7 @@ def test_smtc_batches_hold_the_planned_frames(data):
         names = sorted(p.name for p in (data / "yt/train/JPEGImages" / video).iterdir())
         for t, k in enumerate(b["frame_idx"][i].tolist()):
             src = (data / "yt/train/JPEGImages" / video / names[k]).read_bytes()
-            assert np.array_equal(b["frames"][i, t].numpy(), decode.smtc_frame(src, 32))
+            assert np.array_equal(b["frames"][i, t].permute(1, 2, 0).numpy(), decode.smtc_frame(src, 32))
 
 
 def test_stmae_batches_start_at_frame_zero_with_remapped_objects(data):
@@ -82,6 +82,30 @@ def test_resumed_stream_sees_the_same_clips(data, kind, folder):
         assert torch.equal(a["frames"], b["frames"])
         if kind == "stmae":
             assert torch.equal(a["masks"], b["masks"])
+
+
+def test_blocks_end_on_batch_boundaries(data, monkeypatch):
+    monkeypatch.setattr(pipeline, "BLOCK_BYTES", 1)  # blocks of three batches and more
+    cfg = _cfg("smtc", batch_size=2, clips_per_video=12)
+    shards = str(data / "yt_shards")
+    source = ClipSource.from_index(shards, read_index(shards))
+    items = plan.plan_items(source, cfg, 0, 60)
+    blocks = list(pipeline.clip_dataset(ray.put(source), cfg, items).iter_batches(batch_size=None))
+    item_ends = {plan.item_end(source, cfg, item) for item in items}
+    cut = 1.1 * 3 * cfg.batch_size
+    assert len(blocks) > len(items)
+    for b in blocks:
+        assert (np.diff(b["position"]) == 1).all()
+        end = b["position"][-1] + 1
+        if end not in item_ends:  # a chunk inside a shard read: whole batches, 1.1-1.43x the target
+            assert end % cfg.batch_size == 0 and cut <= len(b["position"]) < cut + cfg.batch_size
+
+
+def test_members_are_read_in_runs_split_at_large_gaps():
+    spans = [(5000, 100), (512, 1000), (2048, 500), (512, 1000), (9000, 10)]
+    assert coalesce(spans, 1024) == [(512, 2548, [(512, 1000), (2048, 500)]), (5000, 5100, [(5000, 100)]),
+                                     (9000, 9010, [(9000, 10)])]
+    assert coalesce(spans, 1 << 20) == [(512, 9010, [(512, 1000), (2048, 500), (5000, 100), (9000, 10)])]
 
 
 def _corrupt(shards: Path, out: Path) -> tuple[str, str]:

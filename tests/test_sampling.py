@@ -51,14 +51,21 @@ def test_max_skip_schedule_and_stride():
     assert sampling.frame_stride(["00000", "00001"]) == 1
 
 
-def _source(num_shards=3, videos=4, frames=30, annotate_first=True):
+def _rows(num_shards=3, videos=4, frames=30, annotate_first=True):
     rows = []
     for s in range(num_shards):
         for v in range(videos):
             names = [f"{5 * i:05d}" for i in range(frames - v)]
-            rows.append({"shard": f"s-{s:06d}.tar", "video": f"v{s}{v}", "frames": names,
-                         "annotated": names if annotate_first or v else names[1:]})
-    return ClipSource.from_index("/data/shards", pa.Table.from_pylist(rows))
+            annotated = names if annotate_first or v else names[1:]
+            members = sorted([f"v{s}{v}.{n}.jpg" for n in names] + [f"v{s}{v}.{n}.png" for n in annotated])
+            rows.append({"shard": f"s-{s:06d}.tar", "video": f"v{s}{v}", "frames": names, "annotated": annotated,
+                         "members": members, "sizes": [1000] * len(members),
+                         "offsets": [1536 * (k + 1) for k in range(len(members))]})
+    return rows
+
+
+def _source(**kw):
+    return ClipSource.from_index("/data/shards", pa.Table.from_pylist(_rows(**kw)))
 
 
 def _cfg(**kw):
@@ -110,4 +117,12 @@ def test_stmae_plan_uses_max_skip_schedule_and_needs_annotated_first_frame():
     late = [c for c in clips if c.step >= 20 and c.step < 40]
     assert max(max(np.diff(c.frame_idx)) for c in early) == 1
     assert max(max(np.diff(c.frame_idx)) for c in late) > 1
-    assert all(c.annotations[0] == c.frame_names[0] for c in clips)
+    assert all(c.png[0] is not None for c in clips)
+    # each frame's JPEG and PNG are found at the index's offsets for that frame's members
+    rows = {r["video"]: r for r in _rows(annotate_first=False)}
+    for c in clips[:20]:
+        r = rows[c.video]
+        span = dict(zip(r["members"], zip(r["offsets"], r["sizes"])))
+        names = [r["frames"][i] for i in c.frame_idx]
+        assert list(c.jpg) == [span[f"{c.video}.{n}.jpg"] for n in names]
+        assert list(c.png) == [span.get(f"{c.video}.{n}.png") for n in names]

@@ -8,6 +8,8 @@ import shutil
 import tarfile
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -17,7 +19,7 @@ from shards.layout import Video, detect_layout, list_videos
 from shards.pack import pack, parse_size, plan_shards, read_index, shard_urls
 
 COLUMNS = {"shard", "video", "frames", "annotated", "num_frames", "bytes", "objects", "object_ids", "categories",
-           "height", "width", "members", "sizes", "crc32"}
+           "height", "width", "members", "sizes", "crc32", "offsets"}
 
 
 def _members(path) -> list[tuple[str, bytes]]:
@@ -100,6 +102,7 @@ def test_pack_index_and_members(packed, synth_davis):
     for shard in shards:
         members = _members(packed / shard)
         names = [n for n, _ in members]
+        raw = (packed / shard).read_bytes()
         in_shard = [r for r in rows if r["shard"] == shard]
         assert names == [m for r in in_shard for m in r["members"]]
         for r in in_shard:
@@ -117,6 +120,7 @@ def test_pack_index_and_members(packed, synth_davis):
             assert r["object_ids"] == sorted(v.objects) and r["objects"] == len(v.objects)
             assert (r["height"], r["width"]) == (64, 114)
             assert r["sizes"] == [len(d) for _, d in block] and r["bytes"] == sum(r["sizes"])
+            assert [raw[o:o + n] for o, n in zip(r["offsets"], r["sizes"])] == [d for _, d in block]
 
 
 @pytest.mark.slow
@@ -207,6 +211,19 @@ def test_check_finds_problems_by_name(packed, tmp_path, capsys):
     assert "problem(s)" in capsys.readouterr().out.splitlines()[-1]
     (out / shards[1]).unlink()
     assert f"{shards[1]}: missing shard (1 videos)" in check(str(out)).problems
+
+
+def test_check_finds_wrong_offsets_and_old_index_is_refused(packed, tmp_path):
+    out = tmp_path / "offsets"
+    shutil.copytree(packed, out)
+    index = read_index(str(out))
+    rows = index.to_pylist()
+    rows[0]["offsets"][2] += 512
+    pq.write_table(pa.Table.from_pylist(rows, schema=index.schema), out / "index.parquet")
+    assert f"member {rows[0]['members'][2]} starts at byte" in "\n".join(check(str(out)).problems)
+    pq.write_table(index.drop_columns(["offsets"]), out / "index.parquet")
+    with pytest.raises(ValueError, match="without member offsets.*pack"):
+        read_index(str(out))
 
 
 @pytest.mark.slow

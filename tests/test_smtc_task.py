@@ -1,6 +1,7 @@
 """SMTC training task: augmentation, schedule, parameter groups, training steps, resume, DDP."""
 from __future__ import annotations
 
+import copy
 import io
 import math
 import os
@@ -188,3 +189,16 @@ def test_ddp_two_processes(tmp_path):
     mp.spawn(_ddp_worker, args=(port, str(tmp_path)), nprocs=2)
     a, b = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert all(torch.equal(a[k], b[k]) for k in a)  # gradients were averaged: replicas stay identical
+
+
+def test_channels_last_frames_give_the_same_step():
+    """The data pipeline hands frames over as a B x T x 3 x S x S view of channels-last memory."""
+    frames = _frames()
+    view = frames.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+    assert not view.is_contiguous() and torch.equal(view, frames)
+    task = SMTCTask(SMTCConfig(**TINY), torch.device("cpu"))
+    twin = copy.deepcopy(task)
+    ours, theirs = task.train_step({"frames": frames}, 0), twin.train_step({"frames": view}, 0)
+    assert ours.keys() == theirs.keys()
+    for k in ours:
+        assert theirs[k] == pytest.approx(ours[k], rel=1e-4, abs=1e-6), k

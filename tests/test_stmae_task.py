@@ -157,3 +157,14 @@ def test_ddp_two_processes_keep_replicas_in_sync(tmp_path):
     mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"{r}.pt", weights_only=True) for r in (0, 1))
     assert r0["changed"] > 0 and torch.equal(r0["params"], r1["params"])
+
+
+def test_channels_last_frames_give_the_same_loss(task):
+    """The data pipeline hands frames over as a B x T x 3 x S x S view of channels-last memory."""
+    batch = make_batch(s=32, t=3)
+    view = batch["frames"].permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+    assert not view.is_contiguous() and torch.equal(view, batch["frames"])
+    with torch.no_grad():
+        ours, theirs = task.compute_loss(batch, 0), task.compute_loss({**batch, "frames": view}, 0)
+    for k in ours:
+        torch.testing.assert_close(theirs[k], ours[k], rtol=1e-4, atol=1e-6)

@@ -34,12 +34,14 @@ def decode_png(data: bytes) -> np.ndarray:
 
 
 def smtc_frame(data: bytes, size: int) -> np.ndarray:
-    """An SMTC training frame: decoded at reduced scale, resized to size x size (aspect ignored, as upstream)
-    with antialiased bilinear filtering on uint8, returned as a CHW uint8 view."""
-    chw = torch.from_numpy(decode_jpeg(data, min_size=size)).permute(2, 0, 1)
-    if chw.shape[1:] != (size, size):
-        chw = TF.resize(chw, [size, size], InterpolationMode.BILINEAR, antialias=True)
-    return chw.numpy()
+    """An SMTC training frame, size x size x 3 uint8: decoded at reduced scale, resized (aspect ignored, as
+    upstream) with antialiased bilinear filtering on uint8. Channels stay last, as decoded."""
+    hwc = decode_jpeg(data, min_size=size)
+    if hwc.shape[:2] == (size, size):
+        return hwc
+    chw = TF.resize(torch.from_numpy(hwc).permute(2, 0, 1), [size, size], InterpolationMode.BILINEAR,
+                    antialias=True)
+    return chw.permute(1, 2, 0).numpy()
 
 
 def _resized_crop_box(h: int, w: int, rng: np.random.Generator, scale=(0.36, 1.0),

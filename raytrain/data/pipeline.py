@@ -2,9 +2,9 @@
 
 One rank's stream is a Ray Dataset over its planned shard reads (`raytrain.data.plan`):
 
-    from_items(reads) -> map_batches(load_clips)   one CPU task per shard read: stream the tar through
-                                                   pyarrow.fs + webdataset, keep only the planned members,
-                                                   decode and resize / augment them in chunks of clips
+    from_items(reads) -> map_batches(load_clips)   one CPU task per shard read: ranged reads (pyarrow.fs)
+                                                   of just the planned members, at the offsets the index
+                                                   holds; decode and resize / augment in chunks of clips
                       -> iter_torch_batches        fixed-shape tensors for the training loop
 
 A corrupt JPEG/PNG drops its clip, a truncated or unreadable shard drops what could not be read; both are
@@ -15,19 +15,19 @@ from __future__ import annotations
 import collections
 import logging
 from dataclasses import asdict
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
+import pyarrow.fs as pafs
 import ray
 import torch
-import webdataset as wds
 
 from raytrain.data import decode, plan
-from raytrain.data.plan import ClipSource, Item, StreamConfig
+from raytrain.data.plan import ClipSource, Item, Span, StreamConfig
 from shards.layout import resolve
 
 log = logging.getLogger("raytrain.data")
-BLOCK_BYTES = 32 << 20  # decoded bytes per output block: larger blocks cost the driver less per clip
+BLOCK_BYTES = 32 << 20  # least decoded bytes per output block: larger blocks cost the driver less per clip
 
 
 @ray.remote(num_cpus=0)
@@ -68,52 +68,73 @@ def _source(ref: Any) -> ClipSource:
     return _SOURCES[key]
 
 
-def read_members(url: str, wanted: set[str], health: Any = None) -> dict[str, bytes]:
-    """The wanted members of a tar shard (local path or any pyarrow.fs URI), streamed once.
+def coalesce(spans: Iterable[Span], max_gap: int) -> list[tuple[int, int, list[Span]]]:
+    """(start, end, spans) runs of the sorted spans, each run without a gap over `max_gap` bytes."""
+    runs: list[tuple[int, int, list[Span]]] = []
+    for off, size in sorted(set(spans)):
+        if runs and off - runs[-1][1] <= max_gap:
+            start, end, members = runs[-1]
+            runs[-1] = (start, max(end, off + size), members)
+            members.append((off, size))
+        else:
+            runs.append((off, off + size, [(off, size)]))
+    return runs
 
-    A shard that cannot be opened or ends early is reported; the members read before the damage are kept.
+
+def read_spans(url: str, spans: Iterable[Span], health: Any = None) -> dict[Span, memoryview]:
+    """The members at `spans` of a shard (local path or any pyarrow.fs URI), found through the index's offsets.
+
+    No tar header is parsed. Members closer than a gap are read together, one ranged read per run: on a
+    local disk the gap spans only tar headers, on remote storage (one request per run) it spans 1 MiB.
+    A shard that cannot be opened or ends early is reported; the members read before that are kept.
     """
-    found: dict[str, bytes] = {}
+    found: dict[Span, memoryview] = {}
     try:
         fs, path = resolve(url)
-        with fs.open_input_stream(path) as stream:
-            for member in wds.tariterators.tar_file_iterator(stream, select_files=wanted.__contains__):
-                found[member["fname"]] = member["data"]
+        max_gap = 4 << 10 if isinstance(fs, pafs.LocalFileSystem) else 1 << 20
+        with fs.open_input_file(path) as f:
+            for start, end, members in coalesce(spans, max_gap):
+                data = memoryview(f.read_at(end - start, start))
+                for off, size in members:
+                    if off + size > start + len(data):
+                        raise EOFError(f"truncated: it ends at byte {start + len(data)}, the index has a member at "
+                                       f"bytes {off}-{off + size}")
+                    found[(off, size)] = data[off - start:off - start + size]
     except Exception as e:  # noqa: BLE001 - any damage to a shard must not stop the run
         _report(health, "shard", url, e)
     return found
 
 
-def read_item(row: dict[str, Any], *, source: Any, cfg: dict[str, Any], health: Any = None
-              ) -> Iterator[dict[str, Any]]:
+def read_item(src: ClipSource, cfg: StreamConfig, item: Item, health: Any = None) -> list[dict[str, Any]]:
     """One planned shard read -> its clips, with the raw frame (and mask) bytes."""
-    src, scfg = _source(source), StreamConfig(**cfg)
-    item = Item(**{k: int(row[k]) for k in ("round", "shard", "position", "skip")})
-    clips = plan.item_clips(src, scfg, item)
-    masks = scfg.kind == "stmae"
-    wanted = {f"{c.video}.{n}.jpg" for c in clips for n in c.frame_names}
-    if masks:
-        wanted |= {f"{c.video}.{a}.png" for c in clips for a in c.annotations if a is not None}
-    members = read_members(src.url(item.shard), wanted, health)
+    clips = plan.item_clips(src, cfg, item)
+    masks = cfg.kind == "stmae"
+    url = src.url(item.shard)
+    members = read_spans(url, [s for c in clips for s in c.jpg + (c.png if masks else ()) if s], health)
+    out = []
     for c in clips:
-        names = [f"{c.video}.{n}.jpg" for n in c.frame_names]
-        missing = [n for n in names if n not in members]
+        missing = [k for k, s in enumerate(c.jpg) if s not in members]
         if missing:
-            _report(health, "clip", f"{src.url(item.shard)}:{missing[0]}", "member missing or unreadable")
+            _report(health, "clip", f"{url}: {c.video} frame {c.frame_idx[missing[0]]}",
+                    "member missing or unreadable")
             continue
-        out = {"jpgs": [members[n] for n in names], "frame_idx": np.asarray(c.frame_idx, np.int64),
-               "position": c.position, "step": c.step, "seed": c.seed, "video_ordinal": c.video_ordinal,
-               "video": c.video}
+        clip = {"jpgs": [members[s] for s in c.jpg], "frame_idx": np.asarray(c.frame_idx, np.int64),
+                "position": c.position, "step": c.step, "seed": c.seed, "video_ordinal": c.video_ordinal,
+                "video": c.video}
         if masks:
-            out["pngs"] = [members.get(f"{c.video}.{a}.png", b"") if a else b"" for a in c.annotations]
-        yield out
+            clip["pngs"] = [members.get(s, b"") if s else b"" for s in c.png]
+        out.append(clip)
+    return out
 
 
 def decode_clips(clips: list[dict[str, Any]], scfg: StreamConfig, health: Any = None) -> dict[str, np.ndarray]:
-    """Decode and transform clips (from `read_item`) into fixed-shape arrays; corrupt clips are dropped."""
+    """Decode and transform clips (from `read_item`) into fixed-shape arrays; corrupt clips are dropped.
+
+    Frames are channels-last, N x T x S x S x 3, as decoded: the (cheap) transpose is left to the consumer.
+    """
     n, t, s = len(clips), scfg.num_frames, scfg.size
     stmae = scfg.kind == "stmae"
-    out = {"frames": np.empty((n, t, 3, s, s), np.uint8), "frame_idx": np.empty((n, t), np.int64),
+    out = {"frames": np.empty((n, t, s, s, 3), np.uint8), "frame_idx": np.empty((n, t), np.int64),
            "position": np.empty(n, np.int64), "video_ordinal": np.empty(n, np.int64)}
     if stmae:
         out |= {"masks": np.empty((n, t, s, s), np.uint8), "num_objects": np.empty(n, np.int64)}
@@ -132,7 +153,7 @@ def decode_clips(clips: list[dict[str, Any]], scfg: StreamConfig, health: Any = 
                 finetune = clip["step"] >= scfg.finetune_at * scfg.steps
                 rng = np.random.default_rng(clip["seed"])
                 frames, masks, k = decode.stmae_clip(imgs, anns, rng, s, scfg.max_objects, finetune)
-                out["frames"][kept], out["masks"][kept], out["num_objects"][kept] = frames, masks, k
+                out["frames"][kept], out["masks"][kept], out["num_objects"][kept] = frames.transpose(0, 2, 3, 1), masks, k
         except Exception as e:  # noqa: BLE001 - a corrupt frame drops its clip, never the run
             _report(health, "frame", f"{clip['video']} frames {list(clip['frame_idx'])}", e)
             continue
@@ -142,25 +163,40 @@ def decode_clips(clips: list[dict[str, Any]], scfg: StreamConfig, health: Any = 
     return {k: v[:kept] for k, v in out.items()}
 
 
-def clips_per_block(cfg: StreamConfig) -> int:
-    """How many decoded clips fill one output block of `BLOCK_BYTES`."""
-    per_clip = cfg.num_frames * cfg.size * cfg.size * (4 if cfg.kind == "stmae" else 3)
-    return max(1, BLOCK_BYTES // per_clip)
+def clip_bytes(cfg: StreamConfig) -> int:
+    """Bytes of one decoded clip in an output block."""
+    t, s = cfg.num_frames, cfg.size
+    pixels = t * s * s * (4 if cfg.kind == "stmae" else 3)  # RGB, and the mask for STMAE
+    return pixels + 8 * (t + 2 + (cfg.kind == "stmae"))  # frame_idx, position, video_ordinal (num_objects)
 
 
-def load_clips(items: dict[str, np.ndarray], *, source: Any, cfg: dict[str, Any], health: Any = None
-               ) -> Iterator[dict[str, np.ndarray]]:
+def block_bytes(cfg: StreamConfig) -> int:
+    """Ray Data's target block size for the stream: at least `BLOCK_BYTES` and three batches."""
+    return max(BLOCK_BYTES, 3 * cfg.batch_size * clip_bytes(cfg))
+
+
+def load_clips(items: dict[str, np.ndarray], *, source: Any, cfg: dict[str, Any], block: int,
+               health: Any = None) -> Iterator[dict[str, np.ndarray]]:
     """Ray Data map_batches: planned shard reads -> their decoded clips, one output block at a time.
 
     Reading and decoding share one task, so the compressed bytes never pass through the object store and
-    each CPU runs one shard read end to end.
+    each CPU runs one shard read end to end. Every yielded chunk but the last of a read ends on a batch
+    boundary and holds 1.1-1.43x Ray Data's target block size `block` (three batches or more, see
+    `block_bytes`). Ray Data merges blocks under the target and slices those over 1.5x, so it keeps each
+    chunk as one block, and a batch that lies in one block reaches the trainer without being copied.
     """
-    scfg = StreamConfig(**cfg)
-    chunk = clips_per_block(scfg)
+    src, scfg = _source(source), StreamConfig(**cfg)
+    cut = 1.1 * block / clip_bytes(scfg)
     for i in range(len(items["shard"])):
-        clips = list(read_item({k: items[k][i] for k in items}, source=source, cfg=cfg, health=health))
-        for j in range(0, len(clips), chunk):
-            yield decode_clips(clips[j:j + chunk], scfg, health)
+        item = Item(**{k: int(items[k][i]) for k in ("round", "shard", "position", "skip")})
+        chunk: list[dict[str, Any]] = []
+        for clip in read_item(src, scfg, item, health):
+            chunk.append(clip)
+            if len(chunk) >= cut and (clip["position"] + 1) % scfg.batch_size == 0:
+                yield decode_clips(chunk, scfg, health)
+                chunk = []
+        if chunk:
+            yield decode_clips(chunk, scfg, health)
 
 
 def clip_dataset(source: ClipSource | Any, cfg: StreamConfig, items: list[Item], health: Any = None,
@@ -171,14 +207,17 @@ def clip_dataset(source: ClipSource | Any, cfg: StreamConfig, items: list[Item],
     caps the concurrent shard-read tasks (0: as many as there are free CPUs).
     """
     rows = [asdict(i) for i in items]
+    block = block_bytes(cfg)
     ds = ray.data.from_items(rows, override_num_blocks=len(rows))
     compute = ray.data.TaskPoolStrategy(size=decode_tasks) if decode_tasks > 0 else None
-    ds = ds.map_batches(load_clips, fn_kwargs={"source": source, "cfg": asdict(cfg), "health": health},
+    ds = ds.map_batches(load_clips, fn_kwargs={"source": source, "cfg": asdict(cfg), "block": block,
+                                               "health": health},
                         batch_size=1, batch_format="numpy", compute=compute)
     ds.context.execution_options.preserve_order = True
     ds.context.enable_progress_bars = False  # one stream per training worker: bars would flood the job log
-    # One block per yielded chunk, so batches reach the trainer while a shard is still being decoded.
-    ds.context.target_max_block_size = BLOCK_BYTES
+    # One block per yielded chunk (see `load_clips`), so batches reach the trainer while a shard is still
+    # being decoded.
+    ds.context.target_max_block_size = block
     return ds
 
 
@@ -186,6 +225,10 @@ def clip_batches(source: ClipSource | Any, cfg: StreamConfig, start_step: int = 
                  device: torch.device | str = "cpu", decode_tasks: int = 0, prefetch_batches: int = 2
                  ) -> Iterator[dict[str, torch.Tensor]]:
     """One rank's endless stream of fixed-size batches of tensors on `device`, from `start_step` on.
+
+    Batch: "frames" uint8 B x T x 3 x S x S (channels-last in memory: the view of how frames are decoded;
+    call `.contiguous()` where an op needs it), "frame_idx" B x T, "position" and "video_ordinal" B, and for
+    STMAE "masks" uint8 B x T x S x S and "num_objects" B.
 
     The planned clips up to the end of the run (plus 10 %) form one Ray Dataset; if unreadable data runs it
     dry early, the stream goes on with the items planned after it.
@@ -196,7 +239,9 @@ def clip_batches(source: ClipSource | Any, cfg: StreamConfig, start_step: int = 
     while True:
         items = plan.plan_items(src, cfg, position, count)
         ds = clip_dataset(source, cfg, items, health, decode_tasks)
-        yield from ds.iter_torch_batches(batch_size=cfg.batch_size, drop_last=True, device=str(device),
-                                         prefetch_batches=prefetch_batches)
+        for batch in ds.iter_torch_batches(batch_size=cfg.batch_size, drop_last=True, device=str(device),
+                                           prefetch_batches=prefetch_batches):
+            batch["frames"] = batch["frames"].permute(0, 1, 4, 2, 3)
+            yield batch
         position = plan.item_end(src, cfg, items[-1])
         count = cfg.batch_size * 8

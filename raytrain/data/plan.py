@@ -44,17 +44,21 @@ class StreamConfig:
             raise ValueError(f"unknown clip kind {self.kind!r} (expected 'smtc' or 'stmae')")
 
 
+Span = tuple[int, int]  # (offset, size) of a member's data in its shard
+
+
 @dataclass(frozen=True)
 class VideoEntry:
     video: str
     frames: tuple[str, ...]
-    annotated: frozenset[str]
+    jpg: tuple[Span, ...]  # of each frame's JPEG
+    png: dict[str, Span]  # of the annotation PNG of each annotated frame
     ordinal: int  # row in the index, used for seeding
 
 
 @dataclass(frozen=True)
 class ClipSource:
-    """The shard index grouped by shard: what the plan samples from."""
+    """The shard index grouped by shard: what the plan samples from, and where each member lies."""
 
     root: str
     shards: tuple[str, ...]
@@ -62,11 +66,14 @@ class ClipSource:
 
     @classmethod
     def from_index(cls, root: str, index: pa.Table) -> "ClipSource":
-        rows = index.select(["shard", "video", "frames", "annotated"]).to_pylist()
+        rows = index.select(["shard", "video", "frames", "annotated", "members", "sizes", "offsets"]).to_pylist()
         by_shard: dict[str, list[VideoEntry]] = {}
         for i, r in enumerate(rows):
-            by_shard.setdefault(r["shard"], []).append(
-                VideoEntry(r["video"], tuple(r["frames"]), frozenset(r["annotated"] or ()), i))
+            spans = dict(zip(r["members"], zip(r["offsets"], r["sizes"])))
+            v = r["video"]
+            by_shard.setdefault(r["shard"], []).append(VideoEntry(
+                v, tuple(r["frames"]), tuple(spans[f"{v}.{f}.jpg"] for f in r["frames"]),
+                {f: spans[f"{v}.{f}.png"] for f in r["annotated"] or ()}, i))
         if not by_shard:
             raise ValueError(f"{root}: the shard index lists no videos")
         shards = tuple(sorted(by_shard))
@@ -82,9 +89,9 @@ class ClipSpec:
     """One planned clip: what to read and how to sample/augment it."""
 
     video: str
-    frame_names: tuple[str, ...]
     frame_idx: tuple[int, ...]
-    annotations: tuple[str | None, ...]  # annotation frame name per frame (None: not annotated)
+    jpg: tuple[Span, ...]  # where each frame's JPEG lies in the shard
+    png: tuple[Span | None, ...]  # and its annotation PNG (None: not annotated)
     video_ordinal: int
     position: int  # index of the clip in the rank's stream
     step: int  # the step that consumes it
@@ -95,7 +102,7 @@ def usable(entry: VideoEntry, cfg: StreamConfig) -> bool:
     n = len(entry.frames)
     if cfg.kind == "smtc":
         return n >= 2 * (cfg.num_frames // 2) + 1
-    return n >= cfg.num_frames and entry.frames[0] in entry.annotated
+    return n >= cfg.num_frames and entry.frames[0] in entry.png
 
 
 def clips_in_shard(source: ClipSource, shard: int, cfg: StreamConfig) -> int:
@@ -163,8 +170,7 @@ def item_clips(source: ClipSource, cfg: StreamConfig, item: Item) -> list[ClipSp
             jump = max(1, skip // sampling.frame_stride(entry.frames))
             idx = sampling.stmae_frames(len(entry.frames), cfg.num_frames, jump, rng)
         assert idx is not None, "usable() admitted a video the sampler rejects"
-        names = tuple(entry.frames[i] for i in idx)
-        anns = tuple(n if n in entry.annotated else None for n in names)
-        clips.append(ClipSpec(entry.video, names, tuple(idx), anns, entry.ordinal, position, step,
+        clips.append(ClipSpec(entry.video, tuple(idx), tuple(entry.jpg[i] for i in idx),
+                              tuple(entry.png.get(entry.frames[i]) for i in idx), entry.ordinal, position, step,
                               int(rng.integers(2**62))))
     return clips
