@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -224,6 +225,20 @@ def test_check_finds_wrong_offsets_and_old_index_is_refused(packed, tmp_path):
     pq.write_table(index.drop_columns(["offsets"]), out / "index.parquet")
     with pytest.raises(ValueError, match="without member offsets.*pack"):
         read_index(str(out))
+
+
+@pytest.mark.slow
+def test_cached_synthetic_set_of_an_older_version_is_reindexed(ray_local, tmp_path, monkeypatch):
+    from raytrain.train import launch
+
+    monkeypatch.setattr(launch, "CACHE", tmp_path)
+    out = Path(launch.synthetic_shards("stmae"))
+    index = read_index(str(out))
+    pq.write_table(index.drop_columns(["offsets"]), out / "index.parquet")  # as an older version wrote it
+    mtimes = _mtimes(out)
+    assert launch.synthetic_shards("stmae") == str(out)
+    assert read_index(str(out)).equals(index)
+    assert _mtimes(out) == mtimes  # shards kept
 
 
 @pytest.mark.slow

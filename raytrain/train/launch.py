@@ -35,8 +35,11 @@ def init_ray(extra_cpus: int = 0, dashboard: bool = False) -> None:
 
 
 def synthetic_shards(job: str, seed: int = 0) -> str:
-    """Shards of a small synthetic data set for `job`, generated and packed into the cache on first use."""
-    from shards.pack import pack
+    """Shards of a small synthetic data set for `job`, generated and packed into the cache on first use.
+
+    A cached set packed by an older version is re-indexed (its shards are kept).
+    """
+    from shards.pack import pack, read_index
     from shards.synth import write_davis, write_ytvos
 
     layout, split = SYNTHETIC[job]
@@ -46,6 +49,11 @@ def synthetic_shards(job: str, seed: int = 0) -> str:
         print(f"generating a synthetic {layout} data set in {root} ...", flush=True)
         write = write_davis if layout == "davis" else write_ytvos
         write(root / "videos", num_videos=12, num_frames=24, height=240, seed=seed, num_val=4)
+        pack(str(root / "videos"), str(out), layout=layout, split=split)
+    try:
+        read_index(str(out))
+    except ValueError as e:
+        print(f"re-indexing {out}: {e}", flush=True)
         pack(str(root / "videos"), str(out), layout=layout, split=split)
     return str(out)
 
