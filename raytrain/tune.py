@@ -384,7 +384,7 @@ def main(job: str, argv: Sequence[str] | None = None) -> None:
         if "val_data" not in given:
             cfg = dataclasses.replace(cfg, val_data=synthetic_val(cfg.seed))
     _check(cfg, job)
-    init_ray(extra_cpus=cfg.num_workers + 1, dashboard=True)
+    init_ray(extra_cpus=cfg.num_workers + 1)
     if not cfg.data:
         cfg = dataclasses.replace(cfg, data=synthetic_shards(job, cfg.seed))
     run_sweep(job, cfg)

@@ -18,12 +18,13 @@ SMALL = {"smtc": SMALL_SMTC, "stmae": SMALL_STMAE}
 SYNTHETIC = {"smtc": ("ytvos", "train"), "stmae": ("davis", "train")}
 
 
-def init_ray(extra_cpus: int = 0, dashboard: bool = False) -> None:
+def init_ray(extra_cpus: int = 0) -> None:
     """Join the cluster this job was submitted to (or one started with `ray start`), else start a local one.
 
     A local Ray gets a few more logical CPUs than the machine has, so that data tasks can run next to the
-    training workers, which hold one CPU each. Sweeps ask for its dashboard: Train frees the placement group
-    of a trial that ASHA stopped only through the dashboard's state API, and without it the sweep stalls.
+    training workers, which hold one CPU each. It starts with its dashboard, whose state API Train needs:
+    Train frees the placement group of a trial that ASHA stopped only through it (without it a sweep
+    stalls), and its placement-group cleaner warns every few seconds when it cannot reach it.
     """
     if ray.is_initialized():
         return
@@ -31,7 +32,7 @@ def init_ray(extra_cpus: int = 0, dashboard: bool = False) -> None:
     try:
         ray.init(address=os.environ.get("RAY_ADDRESS", "auto"))
     except ConnectionError:
-        ray.init(num_cpus=(os.cpu_count() or 1) + extra_cpus, include_dashboard=dashboard)
+        ray.init(num_cpus=(os.cpu_count() or 1) + extra_cpus, include_dashboard=True)
 
 
 def synthetic_shards(job: str, seed: int = 0) -> str:

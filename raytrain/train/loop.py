@@ -136,7 +136,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         task.load_state_dict(state["task"])
         step, starts = int(state["step"]), list(state["starts"])
         if rank == 0:
-            print(f"[{job}] resuming {config['name']} from step {step}", flush=True)
+            log.info("[%s] resuming %s from step %d", job, config["name"], step)
     starts.append(step)  # where each (re)start of the run began
 
     source = ray.put(ClipSource.from_index(cfg.data, read_index(cfg.data)))
@@ -183,8 +183,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             for k, v in metrics.items():
                 writer.add_scalar(f"train/{k}", v, step)
             writer.flush()
-            print(f"[{job}] step {step}/{cfg.steps} " + " ".join(
-                f"{k}={v:.4g}" for k, v in metrics.items() if k != "step"), flush=True)
+            # Logged, not printed: Ray Train sends a worker's print to the console twice.
+            log.info("[%s] step %d/%d %s", job, step, cfg.steps,
+                     " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "step"))
         # The temp folder is removed once Train has copied it to storage: a long run must not fill the disk.
         ray.train.report(metrics, checkpoint=checkpoint, delete_local_checkpoint_after_upload=True)
         sums.clear()
