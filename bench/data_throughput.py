@@ -1,7 +1,7 @@
 """SMTC clip throughput of the Ray Data pipeline vs the upstream-style loader and the decode ceiling.
 
     pip install opencv-python-headless   # the baseline's decoder; the project itself does not need OpenCV
-    python bench/data_throughput.py [--videos 16 --frames 40 --height 480 --warmup 8 --batches 60]
+    python bench/data_throughput.py [--videos 16 --frames 40 --height 480 --warmup 8 --batches 100]
 
 Three numbers, measured in the same run on the same synthetic YouTube-VOS-layout frames:
 - pipeline: clips/s out of `raytrain.data.pipeline` (shards -> Ray Data -> torch batches);
@@ -63,12 +63,15 @@ def timed(batches: Iterator, warmup: int, count: int) -> float:
 
 
 def bench_baseline(jpeg_root: Path, workers: int, batch: int, warmup: int, batches: int, size: int) -> float:
-    ds = UpstreamClips(jpeg_root, 4, 4, size, batch * (warmup + batches + 1))
+    ds = UpstreamClips(jpeg_root, 4, 4, size, batch * (warmup + batches))
     loader = torch.utils.data.DataLoader(ds, batch_size=batch, num_workers=workers, drop_last=True)
-    return timed(iter(loader), warmup, batches)
+    it = iter(loader)
+    rate = timed(it, warmup, batches)
+    assert next(it, None) is None  # the loader is exhausted, so its workers have exited before what follows
+    return rate
 
 
-def bench_ceiling(jpeg_root: Path, size: int, cores: int, seconds: float = 3.0) -> float:
+def bench_ceiling(jpeg_root: Path, size: int, cores: int, seconds: float = 5.0) -> float:
     data = [f.read_bytes() for f in sorted(jpeg_root.glob("*/*.jpg"))]  # all frames: the pipeline's reads
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one core, as a Ray task with num_cpus=1 runs
@@ -104,7 +107,7 @@ def main() -> None:
     p.add_argument("--height", type=int, default=480)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--warmup", type=int, default=8, help="batches before the timed window")
-    p.add_argument("--batches", type=int, default=60, help="batches timed")
+    p.add_argument("--batches", type=int, default=100, help="batches timed")
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--workdir", default="", help="reuse data generated here (default: a temp folder)")
     a = p.parse_args()
