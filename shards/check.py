@@ -2,8 +2,8 @@
 
 Found: a missing index or shard, shards not in the index, a tar cut short (a member's data ends early or the
 end-of-archive blocks are missing), missing, unexpected, duplicated or non-contiguous members, members whose
-size, CRC-32 or byte offset differs from the index, JPEG/PNG members PIL cannot decode or whose size differs from the
-video's, and `<video>.json` members that are unreadable or disagree with the index.
+size, CRC-32 or byte offset differs from the index, JPEG/PNG members PIL cannot decode or whose size differs
+from the video's, and `<video>.json` members that are unreadable or disagree with the index.
 """
 from __future__ import annotations
 

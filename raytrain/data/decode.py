@@ -85,7 +85,8 @@ def stmae_clip(frames: list[np.ndarray], masks: list[np.ndarray], rng: np.random
     random, retrying the crop up to 5 times when frame 0 shows none) and renumbered 1..K in every frame.
     Void (255) is background here; upstream would have picked it as an object.
 
-    Returns frames T x 3 x size x size uint8, masks T x size x size uint8, and K (at least 1, as upstream).
+    Returns frames T x size x size x 3 uint8 (channels last, as `smtc_frame`), masks T x size x size uint8,
+    and K (at least 1, as upstream).
     """
     imgs = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)  # T3HW uint8
     gts = torch.from_numpy(np.stack(masks))[:, None]  # T1HW uint8
@@ -121,4 +122,4 @@ def stmae_clip(frames: list[np.ndarray], masks: list[np.ndarray], rng: np.random
     remapped = np.zeros_like(gt_all)
     for k, obj in enumerate(labels, start=1):
         remapped[gt_all == obj] = k
-    return torch.stack(out_im).numpy(), remapped, max(1, len(labels))
+    return torch.stack(out_im).permute(0, 2, 3, 1).numpy(), remapped, max(1, len(labels))

@@ -153,7 +153,7 @@ def decode_clips(clips: list[dict[str, Any]], scfg: StreamConfig, health: Any = 
                 finetune = clip["step"] >= scfg.finetune_at * scfg.steps
                 rng = np.random.default_rng(clip["seed"])
                 frames, masks, k = decode.stmae_clip(imgs, anns, rng, s, scfg.max_objects, finetune)
-                out["frames"][kept], out["masks"][kept], out["num_objects"][kept] = frames.transpose(0, 2, 3, 1), masks, k
+                out["frames"][kept], out["masks"][kept], out["num_objects"][kept] = frames, masks, k
         except Exception as e:  # noqa: BLE001 - a corrupt frame drops its clip, never the run
             _report(health, "frame", f"{clip['video']} frames {list(clip['frame_idx'])}", e)
             continue

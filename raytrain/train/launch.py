@@ -46,16 +46,16 @@ def synthetic_shards(job: str, seed: int = 0) -> str:
     layout, split = SYNTHETIC[job]
     root = CACHE / "synthetic" / f"{layout}-s{seed}"
     out = root / "shards"
-    if not (out / "index.parquet").exists():
+    try:
+        read_index(str(out))
+        return str(out)
+    except FileNotFoundError:
         print(f"generating a synthetic {layout} data set in {root} ...", flush=True)
         write = write_davis if layout == "davis" else write_ytvos
         write(root / "videos", num_videos=12, num_frames=24, height=240, seed=seed, num_val=4)
-        pack(str(root / "videos"), str(out), layout=layout, split=split)
-    try:
-        read_index(str(out))
-    except ValueError as e:
+    except ValueError as e:  # packed by an older version
         print(f"re-indexing {out}: {e}", flush=True)
-        pack(str(root / "videos"), str(out), layout=layout, split=split)
+    pack(str(root / "videos"), str(out), layout=layout, split=split)
     return str(out)
 
 
