@@ -118,7 +118,7 @@ def main() -> None:
         raise SystemExit("the baseline needs OpenCV: pip install opencv-python-headless")
     import ray
 
-    from raytrain.train.launch import init_ray
+    from raytrain.runtime import init_ray
     from shards.pack import pack
     from shards.synth import write_ytvos
 

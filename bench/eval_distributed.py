@@ -20,8 +20,8 @@ import torch
 
 from raytrain.eval import davis
 from raytrain.eval.distributed import EvalPool
-from raytrain.eval.propagation import SMTC_A
-from raytrain.eval.runner import ModelSpec, build_model, propagation_video
+from raytrain.eval.propagation import SMTC_A, propagation_video
+from raytrain.eval.models import ModelSpec, build_model
 from raytrain.eval.vos import VOSSettings, VOSVideo, segment_video
 from shards.layout import list_videos
 from shards.synth import write_davis

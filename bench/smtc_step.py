@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from raytrain.configs import SMTCConfig
+from raytrain.config import SMTCConfig
 from raytrain.matching import batched_assignment
 from raytrain.train.smtc_task import SMTCTask
 

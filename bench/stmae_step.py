@@ -22,7 +22,7 @@ import time
 import numpy as np
 import torch
 
-from raytrain.configs import STMAEConfig
+from raytrain.config import STMAEConfig
 from raytrain.eval.stmae_vos import propagate_video
 from raytrain.models.stmae import STMAE
 from raytrain.train.stmae_task import OneShotReconstruction, STMAETask

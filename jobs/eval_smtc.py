@@ -2,7 +2,7 @@
 `ray job submit -- python jobs/eval_smtc.py ...`."""
 import sys
 
-from raytrain.eval.runner import main_smtc
+from raytrain.cli.evaluate import main_smtc
 
 if __name__ == "__main__":
     main_smtc(sys.argv[1:])

@@ -2,7 +2,7 @@
 `ray job submit -- python jobs/eval_stmae.py ...`."""
 import sys
 
-from raytrain.eval.runner import main_stmae
+from raytrain.cli.evaluate import main_stmae
 
 if __name__ == "__main__":
     main_stmae(sys.argv[1:])

@@ -1,21 +1,233 @@
-"""Config dataclasses as command-line flags: one dataclass per job, one flag per field."""
+"""Every job's config, one dataclass per job, and the machinery that turns a dataclass into command-line flags.
+
+One flag per field, named as the field; field names are the upstream flag names where one exists, and
+defaults are the upstream defaults (reference/smtc.md, reference/stmae.md). The `SMALL_*` dicts hold the
+overrides a job applies on the built-in synthetic default run (no `--data`), for fields the user did not set.
+
+- training: `RunConfig` (shared) -> `SMTCConfig`, `STMAEConfig`
+- evaluation: `EvalConfig` (shared) -> `EvalSMTCConfig`, `EvalSTMAEConfig`
+- sweeps: `SweepOptions` + a training config -> `SMTCSweepConfig`, `STMAESweepConfig`
+"""
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import typing
-from typing import Any, Sequence, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence, TypeVar
 
 T = TypeVar("T")
 
 
-def _field_type(cls: type, field: dataclasses.Field) -> Any:
-    hints = typing.get_type_hints(cls)
-    tp = hints[field.name]
+def flag(default: Any, help: str) -> Any:  # noqa: A002 - mirrors argparse
+    """A config field with its `--help` text (a list default is copied for each instance)."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+# ------------------------------------------------------------------------------------------- training
+
+@dataclass
+class RunConfig:
+    """Fields shared by every training job (cluster, storage, logging)."""
+
+    data: str = flag("", "shard folder or URI (with index.parquet); empty: generate and pack a synthetic set")
+    name: str = flag("", "run name; resubmitting the same name resumes the run (empty: derived from the job)")
+    storage_path: str = flag("", "where checkpoints and logs go (local path, NFS or s3://); empty: ./runs")
+    num_workers: int = flag(1, "Ray Train workers (one per GPU)")
+    use_gpu: bool = flag(False, "one GPU per worker, bf16 autocast")
+    cpus_per_worker: float = flag(1.0, "CPUs reserved by each training worker")
+    steps: int = flag(10000, "optimizer steps to train")
+    checkpoint_every: int = flag(500, "steps between checkpoints")
+    log_every: int = flag(10, "steps between metric reports")
+    max_failures: int = flag(3, "worker-group restarts from the last checkpoint before the run fails")
+    seed: int = flag(0, "seed for sampling, augmentation and initialisation")
+    clips_per_video: int = flag(4, "clips cut from each video every time its shard is read")
+    decode_workers: int = flag(0, "parallel decode tasks per training worker (0: Ray Data decides)")
+    grad_clip: float = flag(0.0, "max gradient norm (0: no clipping)")
+    val_data: str = flag("", "DAVIS-layout folder to validate on at every checkpoint (J&F on a few videos)")
+    val_videos: int = flag(3, "validation videos (the first ones of the val split)")
+    verbose: bool = flag(False, "show Ray Train's and Ray Data's own INFO lines from the workers")
+
+
+@dataclass
+class SMTCConfig(RunConfig):
+    """SMTC self-supervised training (ICCV 2023) on unlabelled video clips."""
+
+    num_slots: int = flag(16, "semantic slots")
+    num_instance: int = flag(4, "instance slots per semantic slot")
+    num_iterations: int = flag(3, "slot attention iterations")
+    num_frames: int = flag(4, "frames per clip")
+    gap: int = flag(4, "frame spacing inside a clip")
+    lr: float = flag(2e-5, "peak learning rate (cosine to 0.1x, no warm-up)")
+    weight_decay: float = flag(0.1, "AdamW weight decay for decayed groups")
+    grad_iter: int = flag(3000, "steps with encoder lr x0; x0.01 afterwards")
+    entro_cons: bool = flag(True, "slot diversity loss")
+    bi_cons: bool = flag(True, "bidirectional Sinkhorn semantic consistency loss")
+    strict_filter: bool = flag(False, "strict valid-instance filter (activation 0.5) instead of relaxed (0.3)")
+    batch_size: int = flag(32, "clips per worker per step")
+    resolution: int = flag(256, "training frame size (square)")
+    ema_momentum: float = flag(0.999, "teacher EMA momentum (encoder excluded)")
+    dino_path: str = flag("", "DINO ViT-S/16 weights (.pth); empty: random init (tests, synthetic runs)")
+    drop_path: float = flag(0.1, "ViT stochastic depth in the student")
+
+
+@dataclass
+class STMAEConfig(RunConfig):
+    """STMAE one-shot VOS training (FAIML 2024): only first-frame masks reach the loss."""
+
+    num_frames: int = flag(8, "frames per clip (frame 0 first)")
+    num_ref_frames: int = flag(3, "reference frames for the backward reconstruction")
+    max_objects: int = flag(3, "objects per clip")
+    batch_size: int = flag(8, "clips per worker per step")
+    lr: float = flag(2e-5, "AdamW learning rate")
+    weight_decay: float = flag(0.05, "AdamW weight decay")
+    lr_decay_at: float = flag(85 / 370, "fraction of steps after which lr drops 10x (upstream: epoch 85 of 370)")
+    crop: int = flag(384, "training crop size (square)")
+    max_skip: list[int] = flag([5, 10, 15, 10, 5], "max-skip curriculum values")
+    max_skip_at: list[float] = flag([0.0, 35 / 370, 105 / 370, 175 / 370, 245 / 370],
+                                    "fractions of steps where each max-skip value starts (upstream epochs "
+                                    "0/35/105/175/245 of 370)")
+    finetune_at: float = flag(350 / 370, "fraction of steps after which rotation/shear are turned off")
+    resnet50_path: str = flag("", "ImageNet ResNet-50 weights for the key encoder (torchvision or timm keys)")
+    resnet18_path: str = flag("", "ImageNet ResNet-18 weights for the mask encoder")
+
+    def __post_init__(self) -> None:
+        if len(self.max_skip) != len(self.max_skip_at):
+            raise ValueError("--max_skip and --max_skip_at need the same number of values")
+
+
+TRAIN_CONFIGS: dict[str, type[RunConfig]] = {"smtc": SMTCConfig, "stmae": STMAEConfig}
+
+SMALL_SMTC = dict(steps=60, batch_size=2, num_slots=4, num_instance=2, resolution=128, grad_iter=20,
+                  checkpoint_every=20, log_every=5, num_workers=2, lr=1e-4)
+SMALL_STMAE = dict(steps=40, batch_size=2, num_frames=4, num_ref_frames=2, crop=128,
+                   checkpoint_every=20, log_every=5, num_workers=2, lr=1e-4)
+SMALL_TRAIN = {"smtc": SMALL_SMTC, "stmae": SMALL_STMAE}
+
+
+# ----------------------------------------------------------------------------------------- evaluation
+
+@dataclass
+class EvalConfig:
+    """Fields shared by the evaluation jobs."""
+
+    data: str = flag("", "dataset folder (local, NFS or URI, readable from every node); empty: a small synthetic set")
+    out: str = flag("", "output folder or URI (empty: ./eval/<job>)")
+    checkpoint: str = flag("", "checkpoint (run folder with state.pt, or a weights file; path or URI); empty: random "
+                               "weights")
+    split: str = flag("val", "DAVIS ImageSets split")
+    videos: int = flag(0, "evaluate only the first N videos (0: all)")
+    seed: int = flag(0, "seed of random weights and of random draws during inference")
+    num_actors: int = flag(0, "Ray actors (0: one per GPU, else one per --cpus_per_actor CPUs, at most one per video)")
+    use_gpu: Optional[bool] = flag(None, "one GPU per actor (default: when the cluster has GPUs)")
+    cpus_per_actor: float = flag(1.0, "CPUs reserved by each actor (also its torch threads)")
+    serial: bool = flag(False, "evaluate in this process, without Ray")
+    overlays: int = flag(3, "videos to draw overlay pictures of")
+    overlay_format: str = flag("gif", "overlay pictures: gif (animated) or png (strip of frames)")
+
+
+@dataclass
+class EvalSMTCConfig(EvalConfig):
+    """Evaluate SMTC on DAVIS-2017: label propagation (semi-supervised) or multi-object discovery (unsupervised)."""
+
+    task: str = flag("propagation", "propagation | discovery")
+    dino_path: str = flag("", "plain DINO ViT-S/16 weights for propagation (instead of --checkpoint)")
+    preset: str = flag("A", "propagation protocol: A (SMTC/CRW stride 16), B (stride 8), dino (DINO's)")
+    mode: str = flag("official", "discovery scoring: official (DAVIS protocol) | smtc-paper (upstream's, not "
+                                 "comparable)")
+    height: int = flag(480, "discovery input height")
+    width: int = flag(800, "discovery input width")
+    window: int = flag(4, "discovery: frames per window")
+    iters: int = flag(5, "discovery: slot attention iterations")
+    max_proposals: int = flag(20, "discovery (official): proposals per sequence")
+    num_slots: int = flag(16, "semantic slots of a released .pth (run checkpoints carry their own)")
+    num_instance: int = flag(4, "instance slots per semantic slot of a released .pth")
+    resolution: int = flag(256, "training resolution of a released .pth")
+
+
+@dataclass
+class EvalSTMAEConfig(EvalConfig):
+    """Evaluate STMAE (semi-supervised VOS) on DAVIS-2016/2017 val or YouTube-VOS 2018/2019 valid."""
+
+    dataset: str = flag("D17", "D16 | D17 | Y18 | Y19")
+    imset: str = flag("", "D16 sequence list (default: <data>/ImageSets/2016/val.txt)")
+    mem_every: int = flag(5, "frames between memory frames")
+    top_k: int = flag(30, "top-k memory readout (<= 0: full softmax)")
+    size: int = flag(480, "shorter side the frames are resized to (<= 0: original size)")
+    amp: bool = flag(True, "bf16 autocast on GPUs")
+
+
+SMALL_EVAL_SMTC = dict(height=96, width=160)
+SMALL_EVAL_STMAE = dict(size=0)
+
+
+# --------------------------------------------------------------------------------------------- sweeps
+
+# Searched flags take the values to search; `lr` is log-uniform between two values, the others a choice.
+SEARCHED: dict[str, tuple[str, ...]] = {
+    "smtc": ("num_slots", "num_instance", "gap", "lr"),
+    "stmae": ("lr", "num_ref_frames", "num_frames"),
+}
+LOG_UNIFORM = {"lr"}
+
+
+@dataclass
+class SweepOptions:
+    """Tune settings shared by the sweep jobs."""
+
+    num_samples: int = flag(8, "trials to run (random search over the searched flags, seeded by --seed)")
+    metric: str = flag("val_jf", "reported metric that ASHA and the final ranking use (val_* needs --val_data)")
+    mode: str = flag("max", "max or min: whether a larger --metric is better")
+    grace_steps: int = flag(0, "steps every trial trains before ASHA may stop it (0: a quarter of --steps)")
+    reduction_factor: float = flag(2.0, "ASHA keeps 1/reduction_factor of the trials at each milestone")
+    max_concurrent_trials: int = flag(0, "trials running at once (0: cluster GPUs // --num_workers, or CPUs "
+                                         "// (2 x --num_workers x --cpus_per_worker) without --use_gpu)")
+    trial_failures: int = flag(1, "times Tune retries a failed trial (from its last checkpoint)")
+    driver_resource: str = flag("", "custom resource a trial's driver needs 0.01 of (e.g. TRAIN_DRIVER: keep "
+                                    "drivers on the head); empty: none")
+
+
+@dataclass
+class SMTCSweepConfig(SweepOptions, SMTCConfig):
+    """Ray Tune sweep of SMTC training runs (ASHA on the validation metric)."""
+
+    num_slots: list[int] = flag([8, 16, 32], "semantic slots: values to search")
+    num_instance: list[int] = flag([2, 4], "instance slots per semantic slot: values to search")
+    gap: list[int] = flag([2, 4], "frame spacing inside a clip: values to search")
+    lr: list[float] = flag([1e-5, 1e-4], "peak learning rate: log-uniform between two values (one: fixed)")
+
+
+@dataclass
+class STMAESweepConfig(SweepOptions, STMAEConfig):
+    """Ray Tune sweep of STMAE training runs (ASHA on the validation metric)."""
+
+    lr: list[float] = flag([1e-5, 1e-4], "AdamW learning rate: log-uniform between two values (one: fixed)")
+    num_ref_frames: list[int] = flag([2, 3], "reference frames: values to search")
+    num_frames: list[int] = flag([6, 8], "frames per clip: values to search")
+
+
+SWEEP_CONFIGS: dict[str, type] = {"smtc": SMTCSweepConfig, "stmae": STMAESweepConfig}
+
+# The tiny sweep that runs when no --data is given (synthetic data, a few CPU minutes per trial).
+_SMALL_SWEEP = dict(steps=12, checkpoint_every=4, batch_size=2, num_workers=1, num_samples=4, grace_steps=4,
+                    clips_per_video=2, val_videos=2)
+SMALL_SWEEP: dict[str, dict[str, Any]] = {
+    "smtc": dict(_SMALL_SWEEP, resolution=64, num_slots=[4, 8], num_instance=[2], gap=[2, 4], lr=[1e-4, 3e-3],
+                 grad_iter=0),
+    "stmae": dict(_SMALL_SWEEP, crop=64, num_frames=[4, 6], num_ref_frames=[1, 2], lr=[1e-5, 1e-3],
+                  max_skip=[3], max_skip_at=[0.0]),
+}
+
+
+# --------------------------------------------------------------------------------------- flags <-> dataclass
+
+def _field_type(cls: type, f: dataclasses.Field) -> Any:
+    tp = typing.get_type_hints(cls)[f.name]
     origin = typing.get_origin(tp)
     if origin is typing.Union or str(origin) == "types.UnionType":  # Optional[X] -> X
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        tp = args[0]
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
     return tp
 
 
@@ -25,24 +237,22 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         tp = _field_type(cls, f)
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         help_text = f.metadata.get("help", "")
-        flag = f"--{f.name}"
+        name = f"--{f.name}"
         if tp is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+            parser.add_argument(name, action=argparse.BooleanOptionalAction, default=default, help=help_text)
         elif typing.get_origin(tp) in (list, tuple):
             (item,) = set(typing.get_args(tp)) - {Ellipsis}
-            parser.add_argument(flag, type=item, nargs="+", default=default, help=help_text)
+            parser.add_argument(name, type=item, nargs="+", default=default, help=help_text)
         else:
-            parser.add_argument(flag, type=tp, default=default, help=help_text)
+            parser.add_argument(name, type=tp, default=default, help=help_text)
 
 
 def parse(cls: type[T], argv: Sequence[str] | None = None, description: str | None = None) -> T:
     """Parse `argv` into an instance of the config dataclass `cls`."""
-    parser = argparse.ArgumentParser(description=description or cls.__doc__,
-                                     allow_abbrev=False,
+    parser = argparse.ArgumentParser(description=description or cls.__doc__, allow_abbrev=False,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_arguments(parser, cls)
-    ns = parser.parse_args(argv)
-    return cls(**vars(ns))
+    return cls(**vars(parser.parse_args(argv)))
 
 
 def given_fields(cls: type, argv: Sequence[str] | None) -> set[str]:
@@ -53,6 +263,17 @@ def given_fields(cls: type, argv: Sequence[str] | None) -> set[str]:
         action.default = argparse.SUPPRESS
     ns, _ = parser.parse_known_args(argv)
     return set(vars(ns))
+
+
+def with_small(cls: type[T], argv: Sequence[str] | None, small: dict[str, Any]) -> tuple[T, dict[str, Any]]:
+    """Parse `argv`; without `--data`, apply the `small` overrides the user did not set. Returns (config,
+    applied overrides)."""
+    cfg = parse(cls, argv)
+    if getattr(cfg, "data"):
+        return cfg, {}
+    given = given_fields(cls, argv)
+    applied = {k: v for k, v in small.items() if k not in given}
+    return dataclasses.replace(cfg, **applied), applied  # type: ignore[type-var]
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

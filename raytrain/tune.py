@@ -31,7 +31,6 @@ import dataclasses
 import io
 import math
 import posixpath
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -41,76 +40,14 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import BasicVariantGenerator
 
-from raytrain.config import from_dict, given_fields, parse, to_dict
-from raytrain.configs import SMTCConfig, STMAEConfig
-from raytrain.train.launch import CACHE, init_ray, synthetic_shards
-from raytrain.train.loop import JOBS, make_trainer, run_dir
+from raytrain.config import LOG_UNIFORM, SEARCHED, TRAIN_CONFIGS, SweepOptions, from_dict, to_dict
+from raytrain.eval.validate import validate
+from raytrain.runtime import run_dir
+from raytrain.train.loop import make_trainer
 from shards.layout import resolve
 
-SEARCHED: dict[str, tuple[str, ...]] = {
-    "smtc": ("num_slots", "num_instance", "gap", "lr"),
-    "stmae": ("lr", "num_ref_frames", "num_frames"),
-}
-LOG_UNIFORM = {"lr"}
 
-
-def _f(default: Any, help: str) -> Any:  # noqa: A002 - mirrors argparse
-    return field(default=default, metadata={"help": help})
-
-
-def _values(default: list, help: str) -> Any:  # noqa: A002
-    return field(default_factory=lambda: list(default), metadata={"help": help})
-
-
-@dataclass
-class SweepOptions:
-    """Tune settings shared by the sweep jobs."""
-
-    num_samples: int = _f(8, "trials to run (random search over the searched flags, seeded by --seed)")
-    metric: str = _f("val_jf", "reported metric that ASHA and the final ranking use (val_* needs --val_data)")
-    mode: str = _f("max", "max or min: whether a larger --metric is better")
-    grace_steps: int = _f(0, "steps every trial trains before ASHA may stop it (0: a quarter of --steps)")
-    reduction_factor: float = _f(2.0, "ASHA keeps 1/reduction_factor of the trials at each milestone")
-    max_concurrent_trials: int = _f(0, "trials running at once (0: cluster GPUs // --num_workers, or CPUs "
-                                       "// (2 x --num_workers x --cpus_per_worker) without --use_gpu)")
-    trial_failures: int = _f(1, "times Tune retries a failed trial (from its last checkpoint)")
-    driver_resource: str = _f("", "custom resource a trial's driver needs 0.01 of (e.g. TRAIN_DRIVER: keep "
-                                  "drivers on the head); empty: none")
-
-
-@dataclass
-class SMTCSweepConfig(SweepOptions, SMTCConfig):
-    """Ray Tune sweep of SMTC training runs (ASHA on the validation metric)."""
-
-    num_slots: list[int] = _values([8, 16, 32], "semantic slots: values to search")
-    num_instance: list[int] = _values([2, 4], "instance slots per semantic slot: values to search")
-    gap: list[int] = _values([2, 4], "frame spacing inside a clip: values to search")
-    lr: list[float] = _values([1e-5, 1e-4], "peak learning rate: log-uniform between two values (one: fixed)")
-
-
-@dataclass
-class STMAESweepConfig(SweepOptions, STMAEConfig):
-    """Ray Tune sweep of STMAE training runs (ASHA on the validation metric)."""
-
-    lr: list[float] = _values([1e-5, 1e-4], "AdamW learning rate: log-uniform between two values (one: fixed)")
-    num_ref_frames: list[int] = _values([2, 3], "reference frames: values to search")
-    num_frames: list[int] = _values([6, 8], "frames per clip: values to search")
-
-
-SWEEPS: dict[str, type] = {"smtc": SMTCSweepConfig, "stmae": STMAESweepConfig}
-
-# The tiny sweep that runs when no --data is given (synthetic data, a few CPU minutes per trial).
-_SMALL = dict(steps=12, checkpoint_every=4, batch_size=2, num_workers=1, num_samples=4, grace_steps=4,
-              clips_per_video=2, val_videos=2)
-SMALL_SWEEP: dict[str, dict[str, Any]] = {
-    "smtc": dict(_SMALL, resolution=64, num_slots=[4, 8], num_instance=[2], gap=[2, 4], lr=[1e-4, 3e-3],
-                 grad_iter=0),
-    "stmae": dict(_SMALL, crop=64, num_frames=[4, 6], num_ref_frames=[1, 2], lr=[1e-5, 1e-3],
-                  max_skip=[3], max_skip_at=[0.0]),
-}
-
-
-def _check(cfg: Any, job: str) -> None:
+def check(cfg: Any, job: str) -> None:
     if cfg.mode not in ("max", "min"):
         raise ValueError(f"--mode must be max or min, got {cfg.mode!r}")
     if cfg.metric.startswith("val_") and not cfg.val_data:
@@ -161,9 +98,9 @@ def drive_trial(config: dict[str, Any]) -> None:
     job = config["job"]
     name = ray.tune.get_context().get_trial_name()
     params = {k: config[k] for k in SEARCHED[job]}
-    cfg = from_dict(JOBS[job][0], {**config["base"], **params, "name": name,
+    cfg = from_dict(TRAIN_CONFIGS[job], {**config["base"], **params, "name": name,
                                    "storage_path": config["train_storage"]})
-    make_trainer(job, cfg, callbacks=[TuneReportCallback()]).fit()
+    make_trainer(job, cfg, callbacks=[TuneReportCallback()], validate=validate).fit()
 
 
 def max_concurrent(cfg: Any, resources: dict[str, float]) -> int:
@@ -256,24 +193,13 @@ def table_csv(rows: list[dict[str, Any]]) -> bytes:
     return buf.getvalue().encode()
 
 
-def _panel_positions(values: list[Any], log: bool) -> list[float]:
-    """x in [0, 1] of each value: log-scaled for `log`, else evenly spaced distinct values."""
-    if log:
-        lo, hi = math.log(min(values)), math.log(max(values))
-        return [0.5 if hi == lo else (math.log(v) - lo) / (hi - lo) for v in values]
-    distinct = sorted(set(values))
-    return [0.5 if len(distinct) == 1 else distinct.index(v) / (len(distinct) - 1) for v in values]
-
-
 def plot_png(rows: list[dict[str, Any]], params: Sequence[str], metric: str) -> bytes:
-    """PNG scatter of `metric` against each parameter, one panel each (matplotlib if installed, else PIL)."""
+    """PNG scatter of `metric` against each parameter, one panel each."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     rows = [r for r in rows if r[metric] is not None and math.isfinite(r[metric])]
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return _plot_pil(rows, params, metric)
     fig, axes = plt.subplots(1, len(params), figsize=(3.2 * len(params), 3), squeeze=False, sharey=True)
     for ax, p in zip(axes[0], params):
         ax.scatter([r[p] for r in rows], [r[metric] for r in rows])
@@ -285,41 +211,6 @@ def plot_png(rows: list[dict[str, Any]], params: Sequence[str], metric: str) -> 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
-    return buf.getvalue()
-
-
-def _plot_pil(rows: list[dict[str, Any]], params: Sequence[str], metric: str) -> bytes:
-    from PIL import Image, ImageDraw
-
-    pw, ph = 240, 200  # panel size
-    left, top, right, bottom = 46, 22, 12, 36  # plot-area margins inside a panel
-    img = Image.new("RGB", (pw * len(params), ph), "white")
-    draw = ImageDraw.Draw(img)
-    ys = [r[metric] for r in rows]
-    lo, hi = (min(ys), max(ys)) if ys else (0.0, 1.0)
-    span = hi - lo or 1.0
-    for i, p in enumerate(params):
-        x0, x1, y0, y1 = i * pw + left, (i + 1) * pw - right, top, ph - bottom
-        draw.text((x0, 4), f"{metric} vs {p}", fill="black")
-        draw.rectangle([x0, y0, x1, y1], outline="black")
-        draw.text((i * pw + 2, y0), _fmt(hi), fill="black")
-        draw.text((i * pw + 2, y1 - 10), _fmt(lo), fill="black")
-        draw.text(((x0 + x1) // 2 - 3 * len(p), y1 + 20), p, fill="black")
-        if not rows:
-            continue
-        values = [r[p] for r in rows]
-        xs = [x0 + 12 + f * (x1 - x0 - 24) for f in _panel_positions(values, p in LOG_UNIFORM)]
-        ticks = dict(zip(values, xs))
-        if p in LOG_UNIFORM:  # the ends of the log axis only
-            ticks = {v: ticks[v] for v in (min(values), max(values))}
-        for v, x in ticks.items():
-            label = f"{v:.1e}" if p in LOG_UNIFORM else _fmt(v)
-            draw.text((x - 3 * len(label), y1 + 4), label, fill="gray")
-        for x, y in zip(xs, ys):
-            cy = y1 - 8 - (y - lo) / span * (y1 - y0 - 16)
-            draw.ellipse([x - 4, cy - 4, x + 4, cy + 4], fill=(31, 119, 180))
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
     return buf.getvalue()
 
 
@@ -357,34 +248,6 @@ def summarize(results: ray.tune.ResultGrid, job: str, cfg: Any) -> dict[str, Any
 
 def run_sweep(job: str, cfg: Any) -> tuple[ray.tune.ResultGrid, dict[str, Any] | None]:
     """Run (or restore and finish) the sweep; print and save its summary. Ray must be initialised."""
-    _check(cfg, job)
+    check(cfg, job)
     results = make_tuner(job, cfg).fit()
     return results, summarize(results, job, cfg)
-
-
-def synthetic_val(seed: int = 0) -> str:
-    """A small synthetic DAVIS-layout validation set (2 val videos, 8 frames, 64 px high), made on first use."""
-    from shards.synth import write_davis
-
-    root = CACHE / "synthetic" / f"davis-val-s{seed}"
-    if not (root / "ImageSets" / "2017" / "val.txt").exists():
-        write_davis(root, num_videos=3, num_frames=8, height=64, num_val=2, seed=seed + 1)
-    return str(root)
-
-
-def main(job: str, argv: Sequence[str] | None = None) -> None:
-    """`python jobs/tune_<job>.py [flags]`: run the sweep and print its table and best trial."""
-    cls = SWEEPS[job]
-    cfg = parse(cls, argv)
-    given = given_fields(cls, argv)
-    if not cfg.data:
-        small = {k: v for k, v in SMALL_SWEEP[job].items() if k not in given}
-        cfg = dataclasses.replace(cfg, **small)
-        print(f"no --data given: a tiny sweep on synthetic data ({small})", flush=True)
-        if "val_data" not in given:
-            cfg = dataclasses.replace(cfg, val_data=synthetic_val(cfg.seed))
-    _check(cfg, job)
-    init_ray(extra_cpus=cfg.num_workers + 1)
-    if not cfg.data:
-        cfg = dataclasses.replace(cfg, data=synthetic_shards(job, cfg.seed))
-    run_sweep(job, cfg)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -360,6 +361,23 @@ def write_davis(out: str | Path, *, num_videos: int = 8, num_frames: int = 24, h
     cut = num_videos - num_val
     (sets / "train.txt").write_text("".join(f"{v}\n" for v in sorted(names[:cut])))
     (sets / "val.txt").write_text("".join(f"{v}\n" for v in sorted(names[cut:])))
+    return names
+
+
+def write_davis2016(out: str | Path, **kw) -> list[str]:
+    """A DAVIS-2016-style dataset: one object per sequence as 0/255 masks, `ImageSets/2016/val.txt`.
+
+    Takes `write_davis`'s arguments (but `max_objects`) and returns the sequence names.
+    """
+    out = Path(out)
+    names = write_davis(out, max_objects=1, **kw)
+    shutil.rmtree(out / "Annotations_unsupervised")
+    for png in (out / "Annotations" / "480p").rglob("*.png"):
+        with Image.open(png) as im:
+            ids = np.asarray(im)
+        Image.fromarray(np.where(ids == 1, 255, 0).astype(np.uint8)).save(png)
+    (out / "ImageSets" / "2016").mkdir(parents=True)
+    shutil.copy(out / "ImageSets" / "2017" / "val.txt", out / "ImageSets" / "2016" / "val.txt")
     return names
 
 

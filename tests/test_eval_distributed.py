@@ -12,10 +12,13 @@ import ray
 import torch
 
 from raytrain.config import to_dict
-from raytrain.configs import SMTCConfig
+from raytrain.config import SMTCConfig
 from raytrain.eval import davis
-from raytrain.eval.distributed import EvalPool, VideoResult
-from raytrain.eval.runner import EvalSMTCConfig, EvalSTMAEConfig, build_model, main_smtc, smtc_spec, stmae_spec
+from raytrain.eval.distributed import EvalPool
+from raytrain.eval.video_io import VideoResult
+from raytrain.cli.evaluate import main_smtc
+from raytrain.config import EvalSMTCConfig, EvalSTMAEConfig
+from raytrain.eval.models import build_model, smtc_spec, stmae_spec
 from raytrain.train.smtc_task import SMTCTask
 
 # Functions of this module run inside Ray workers, where the tests folder is not importable.

@@ -24,9 +24,11 @@ import ray.train
 
 from conftest import private_cluster
 from raytrain.config import parse
-from raytrain.configs import SMTCConfig
-from raytrain.train.loop import FAILURE_ENV, load_checkpoint_state, make_trainer
-from raytrain.tune import SMTCSweepConfig, run_sweep
+from raytrain.config import SMTCConfig
+from raytrain.config import SMTCSweepConfig
+from raytrain.runtime import load_checkpoint_state
+from raytrain.train.loop import FAILURE_ENV, make_trainer
+from raytrain.tune import run_sweep
 from shards.pack import pack
 from shards.synth import write_ytvos
 

@@ -229,14 +229,14 @@ def test_check_finds_wrong_offsets_and_old_index_is_refused(packed, tmp_path):
 
 @pytest.mark.slow
 def test_cached_synthetic_set_of_an_older_version_is_reindexed(ray_local, tmp_path, monkeypatch):
-    from raytrain.train import launch
+    from shards import cache
 
-    monkeypatch.setattr(launch, "CACHE", tmp_path)
-    out = Path(launch.synthetic_shards("stmae"))
+    monkeypatch.setattr(cache, "CACHE", tmp_path)
+    out = Path(cache.synthetic_shards("davis", "train"))
     index = read_index(str(out))
     pq.write_table(index.drop_columns(["offsets"]), out / "index.parquet")  # as an older version wrote it
     mtimes = _mtimes(out)
-    assert launch.synthetic_shards("stmae") == str(out)
+    assert cache.synthetic_shards("davis", "train") == str(out)
     assert read_index(str(out)).equals(index)
     assert _mtimes(out) == mtimes  # shards kept
 

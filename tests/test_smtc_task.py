@@ -14,7 +14,7 @@ from torchvision.transforms.v2 import functional as TF
 
 import raytrain.train.smtc_task as smtc_task
 from raytrain import augment
-from raytrain.configs import SMTCConfig
+from raytrain.config import SMTCConfig
 from raytrain.models.vit import vit_small
 from raytrain.train.smtc_task import SMTCTask, encoder_lr_scale, learning_rate, param_groups
 

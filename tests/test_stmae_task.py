@@ -6,7 +6,7 @@ import io
 import pytest
 import torch
 
-from raytrain.configs import STMAEConfig
+from raytrain.config import STMAEConfig
 from raytrain.train.stmae_task import OneShotReconstruction, STMAETask, lr_at, sample_references, step_generator
 
 torch.set_num_threads(2)

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from conftest import pack_synthetic
-from raytrain.configs import SMTCConfig, STMAEConfig
-from raytrain.train.loop import (CKPT_PREFIX, FAILURE_ENV, fit, load_checkpoint_state,
-                                 remove_stale_checkpoint_folders)
+from raytrain.config import SMTCConfig, STMAEConfig
+from raytrain.runtime import CKPT_PREFIX, load_checkpoint_state, remove_stale_checkpoint_folders
+from raytrain.train.loop import FAILURE_ENV, fit
 
 pytestmark = pytest.mark.slow
 

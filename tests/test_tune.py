@@ -17,11 +17,10 @@ import ray.tune
 from PIL import Image
 
 from conftest import private_cluster
-from raytrain.config import from_dict, parse
-from raytrain.configs import SMTCConfig, STMAEConfig
-from raytrain.train.loop import load_checkpoint_state
-from raytrain.tune import (SMTCSweepConfig, STMAESweepConfig, _check, format_table, max_concurrent, plot_png,
-                           run_sweep, search_space, table_csv, trial_config, trial_name)
+from raytrain.config import SMTCConfig, SMTCSweepConfig, STMAEConfig, STMAESweepConfig, from_dict, parse
+from raytrain.runtime import load_checkpoint_state
+from raytrain.tune import (check, format_table, max_concurrent, plot_png, run_sweep, search_space, table_csv,
+                           trial_config, trial_name)
 from shards.pack import pack
 from shards.synth import write_davis, write_ytvos
 
@@ -43,11 +42,11 @@ def test_flags_become_the_search_space():
 
 def test_bad_sweep_flags_are_rejected():
     with pytest.raises(ValueError, match="--lr"):
-        _check(parse(SMTCSweepConfig, ["--lr", "1e-5", "1e-4", "1e-3", "--metric", "loss"]), "smtc")
+        check(parse(SMTCSweepConfig, ["--lr", "1e-5", "1e-4", "1e-3", "--metric", "loss"]), "smtc")
     with pytest.raises(ValueError, match="--val_data"):
-        _check(parse(SMTCSweepConfig, []), "smtc")  # val_jf without validation data
+        check(parse(SMTCSweepConfig, []), "smtc")  # val_jf without validation data
     with pytest.raises(ValueError, match="--mode"):
-        _check(parse(STMAESweepConfig, ["--metric", "loss", "--mode", "lowest"]), "stmae")
+        check(parse(STMAESweepConfig, ["--metric", "loss", "--mode", "lowest"]), "stmae")
 
 
 def test_trial_config_reports_a_checkpoint_and_the_metric_at_every_report():

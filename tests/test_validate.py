@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from raytrain.configs import SMTCConfig, STMAEConfig
+from raytrain.config import SMTCConfig, STMAEConfig
 from raytrain.eval.validate import validate
 from raytrain.train.smtc_task import SMTCTask
 from raytrain.train.stmae_task import STMAETask

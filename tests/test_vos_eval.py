@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 
 from raytrain.eval import davis, vos
-from raytrain.eval.runner import main_stmae, write_davis2016
+from raytrain.cli.evaluate import main_stmae
 from raytrain.models.stmae import STMAE
-from shards.synth import DAVIS_PALETTE, YTVOS_PALETTE, write_ytvos
+from shards.synth import DAVIS_PALETTE, YTVOS_PALETTE, write_davis2016, write_ytvos
 
 FAST = ["--serial", "--size", "32", "--overlays", "1"]
 

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
 from raytrain.eval.davis import VOID, SequenceScores, score_unsup
-from raytrain.eval.distributed import VideoResult, encode_png, read_clip, read_ground_truth
+from raytrain.eval.video_io import VideoResult, encode_png, read_clip, read_ground_truth
 from raytrain.eval.metrics import Boundary, bound_pix, f_from_boundaries
 from raytrain.models.smtc import SMTC
 from shards.layout import Video

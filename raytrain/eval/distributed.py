@@ -1,5 +1,4 @@
-"""Per-video evaluation fanned out over a Ray actor pool, and the per-video contract (`VideoResult`, frame and
-mask I/O through a video's filesystem).
+"""Per-video evaluation fanned out over a Ray actor pool, or run serially in this process.
 
 An evaluation is three picklable pieces: `build(spec, device) -> model`, `spec` (what to build, e.g. a
 state dict) and `work(model, item, device) -> VideoResult` (one video). `EvalPool` starts `num_actors`
@@ -17,97 +16,18 @@ results travel back as PNG bytes, so only the driver writes outputs: no shared o
 """
 from __future__ import annotations
 
-import io
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-import numpy as np
 import torch
-from PIL import Image
 
-from raytrain.eval.davis import SequenceScores
-from shards.layout import Video
+from raytrain.eval.video_io import VideoResult
 
 Build = Callable[[Any, torch.device], Any]
-Work = Callable[[Any, Any, torch.device], "VideoResult"]
+Work = Callable[[Any, Any, torch.device], VideoResult]
 Log = Callable[[str], None]
 
-
-@dataclass
-class VideoResult:
-    """What one video's evaluation returns to the driver."""
-
-    name: str
-    masks: dict[str, bytes]  # frame name -> P-mode PNG of object ids, in frame order
-    scores: SequenceScores | None  # per-object per-frame J and F (None: no ground truth to score)
-    seconds: float = 0.0  # time spent in `work`
-    extra: dict[str, bytes] = field(default_factory=dict)  # other files, by path relative to the output folder
-
-
-# ------------------------------------------------------------------------------------------------- I/O
-
-def read_rgb(video: Video, index: int) -> np.ndarray:
-    """Frame `index` of `video` as RGB uint8 [H, W, 3]."""
-    with Image.open(io.BytesIO(video.read(video.jpegs[index]))) as im:
-        return np.array(im.convert("RGB"))
-
-
-def read_clip(video: Video) -> torch.Tensor:
-    """All frames of `video` as uint8 [T, 3, H, W]."""
-    return torch.from_numpy(np.stack([read_rgb(video, i) for i in range(len(video.frames))])).permute(0, 3, 1, 2)
-
-
-class Frames(Sequence):
-    """A video's frames decoded on access (for per-frame consumers such as STMAE's propagation)."""
-
-    def __init__(self, video: Video):
-        self.video = video
-
-    def __len__(self) -> int:
-        return len(self.video.frames)
-
-    def __getitem__(self, index: int) -> np.ndarray:  # type: ignore[override]
-        return read_rgb(self.video, index)
-
-
-def read_png(video: Video, frame: str) -> tuple[np.ndarray, list[int] | None]:
-    """The annotation of `frame` as an id map [H, W] and its palette (None when not a P-mode PNG)."""
-    path = video.annotations.get(frame)
-    if path is None:
-        raise FileNotFoundError(f"video {video.id!r}: no annotation PNG for frame {frame}")
-    with Image.open(io.BytesIO(video.read(path))) as im:
-        palette = im.getpalette() if im.mode == "P" else None
-        ids = np.array(im)
-    if ids.ndim != 2:
-        raise ValueError(f"{path}: expected a single-channel (P or L mode) PNG of object ids, got mode {im.mode}")
-    return ids, palette
-
-
-def read_ground_truth(video: Video) -> np.ndarray | None:
-    """Id maps [T, H, W] of every frame, or None when some frame has no annotation (e.g. DAVIS test-dev)."""
-    if any(f not in video.annotations for f in video.frames):
-        return None
-    return np.stack([read_png(video, f)[0] for f in video.frames])
-
-
-def encode_png(ids: np.ndarray, palette: Sequence[int] | bytes | None) -> bytes:
-    """A P-mode PNG of an id map with `palette` (an L-mode PNG when `palette` is None)."""
-    im = Image.fromarray(np.asarray(ids, dtype=np.uint8))
-    if palette is not None:
-        im.putpalette(list(palette))  # L -> P, values unchanged
-    buf = io.BytesIO()
-    im.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def decode_png(data: bytes) -> tuple[np.ndarray, list[int] | None]:
-    with Image.open(io.BytesIO(data)) as im:
-        return np.asarray(im), (im.getpalette() if im.mode == "P" else None)
-
-
-# ------------------------------------------------------------------------------------------ execution
 
 def item_name(item: Any) -> str:
     return str(getattr(item, "id", item))

@@ -15,6 +15,9 @@ Presets (reference/eval.md §3, reference/smtc.md §6):
   including frame 0, nearest-downsampled hard first labels, per-channel min-max normalisation of the upsampled
   map before the argmax, DINO's input size (short side 480, long side floored to a multiple of 64).
 
+`propagation_video` is the per-video work of the evaluation jobs and of in-training validation: ViT
+features of every frame, propagation from frame 0, DAVIS semi-supervised scores.
+
 `propagate` is the batched implementation: per target frame one matrix product against all distinct context
 frames (CRW's repeated copies of frame 0 are scored once and counted with their multiplicity in the top k), a
 precomputed neighbourhood mask, top-k, softmax and a weighted label sum, in query chunks bounded by
@@ -36,11 +39,18 @@ Deviations from upstream:
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Callable
+from functools import partial
+from typing import Any, Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import Tensor
+
+from raytrain.eval import davis
+from raytrain.eval.video_io import VideoResult, encode_png, read_clip, read_ground_truth, read_png
+from raytrain.models.vit import ViTEncoder
+from shards.synth import DAVIS_PALETTE
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -90,7 +100,7 @@ SMTC_B = replace(SMTC_A, name="smtc-b", stride=8, topk=28, radius=35)
 DINO = Preset("dino", stride=16, topk=5, temperature=0.1, context=7, radius=12, square_window=True,
               restrict_first=True, pad_with_first=False, soft_first=False, minmax=True, dino_input=True,
               std=DINO_STD)
-PRESETS = {p.name: p for p in (SMTC_A, SMTC_B, DINO)}
+PRESETS = {"A": SMTC_A, "B": SMTC_B, "dino": DINO}  # by their --preset names
 
 
 # ---------------------------------------------------------------------------------------------- features
@@ -288,3 +298,24 @@ def propagate_reference(features: torch.Tensor, first_labels: np.ndarray, preset
         labels[target] = torch.cat(pred, dim=1)
         outputs.append(_decode(labels[target], grid, preset, ids, out_size).astype(first_labels.dtype))
     return outputs
+
+
+# ------------------------------------------------------------------------------------- one DAVIS video
+
+def encode_tokens(encoder: ViTEncoder, preset: Preset, x: Tensor) -> Tensor:
+    """Last-block patch tokens [B, h, w, C]: before the final LayerNorm (SMTC presets) or after it (DINO)."""
+    tokens = encoder.features(x).tokens.permute(0, 2, 3, 1)
+    return encoder.norm(tokens) if preset.name == DINO.name else tokens
+
+
+@torch.inference_mode()
+def propagation_video(encoder: ViTEncoder, video: Any, device: torch.device, preset: Preset) -> VideoResult:
+    """Propagate frame 0's annotation through a DAVIS video with frozen ViT features and score the result."""
+    frames = read_clip(video)
+    feats = vit_features(partial(encode_tokens, encoder, preset), frames, preset, device=device)
+    first, palette = read_png(video, video.frames[0])
+    preds = propagate(feats, first, preset)
+    gt = read_ground_truth(video)
+    scores = None if gt is None else davis.score_semi(gt, np.stack(preds), video.id, video.frames)
+    masks = {f: encode_png(p, palette or DAVIS_PALETTE) for f, p in zip(video.frames, preds)}
+    return VideoResult(video.id, masks, scores)

@@ -12,8 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from raytrain.eval.davis import combine
-from raytrain.eval.propagation import SMTC_A
-from raytrain.eval.runner import propagation_video
+from raytrain.eval.propagation import SMTC_A, propagation_video
 from raytrain.eval.vos import VOSSettings, VOSVideo, segment_video
 from shards.layout import list_videos
 

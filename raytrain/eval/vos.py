@@ -33,7 +33,7 @@ import torch
 from pyarrow.fs import FileType
 
 from raytrain.eval.davis import VOID, score_semi
-from raytrain.eval.distributed import Frames, VideoResult, encode_png, read_ground_truth, read_png
+from raytrain.eval.video_io import Frames, VideoResult, encode_png, read_ground_truth, read_png
 from raytrain.eval.stmae_vos import propagate_video
 from raytrain.models.stmae import STMAE
 from shards.layout import Video, list_videos, resolve

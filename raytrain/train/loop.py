@@ -7,15 +7,12 @@ and sees exactly the clips it would have seen.
 """
 from __future__ import annotations
 
-import importlib
 import logging
 import os
-import shutil
-import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import ray
 import ray.train
@@ -23,21 +20,20 @@ import torch
 import torch.distributed as dist
 from ray.train.torch import TorchTrainer
 
-from raytrain.config import from_dict, to_dict
-from raytrain.configs import RunConfig, SMTCConfig, STMAEConfig
+from raytrain.config import TRAIN_CONFIGS, RunConfig, from_dict, to_dict
 from raytrain.data.pipeline import DataHealth, clip_batches
 from raytrain.data.plan import ClipSource, StreamConfig
+from raytrain.runtime import load_checkpoint_state, remove_stale_checkpoint_folders, run_dir, write_checkpoint
+from raytrain.train.smtc_task import SMTCTask
+from raytrain.train.stmae_task import STMAETask
 from shards.pack import read_index
 
 log = logging.getLogger("raytrain.train")
 
-JOBS: dict[str, tuple[type[RunConfig], str]] = {
-    "smtc": (SMTCConfig, "raytrain.train.smtc_task:SMTCTask"),
-    "stmae": (STMAEConfig, "raytrain.train.stmae_task:STMAETask"),
-}
-STATE_FILE = "state.pt"
-CKPT_PREFIX = "raytrain-ckpt-"  # temp checkpoint folders: raytrain-ckpt-<pid>-<random>
+TASKS: dict[str, type] = {"smtc": SMTCTask, "stmae": STMAETask}
 FAILURE_ENV = "RAYTRAIN_INJECT_FAILURE"  # "step:rank:marker" — kill that worker once (fault-tolerance tests)
+# In-training validation: validate(job, task, cfg) -> {"val_jf": ..., ...}, run on rank 0 at every checkpoint.
+Validate = Callable[[str, Any, Any], dict[str, float]]
 
 
 def stream_config(job: str, cfg: Any, rank: int, world_size: int) -> StreamConfig:
@@ -47,54 +43,6 @@ def stream_config(job: str, cfg: Any, rank: int, world_size: int) -> StreamConfi
         return StreamConfig(size=cfg.resolution, gap=cfg.gap, **common)
     return StreamConfig(size=cfg.crop, max_skip=tuple(cfg.max_skip), max_skip_at=tuple(cfg.max_skip_at),
                         max_objects=cfg.max_objects, finetune_at=cfg.finetune_at, **common)
-
-
-def make_task(job: str, cfg: Any, device: torch.device) -> Any:
-    module, cls = JOBS[job][1].split(":")
-    return getattr(importlib.import_module(module), cls)(cfg, device)
-
-
-def run_dir(cfg: RunConfig, job: str) -> tuple[str, str]:
-    """(storage_path, name) of a run; the name is deterministic so resubmitting resumes."""
-    storage = cfg.storage_path or str(Path("runs").resolve())
-    return storage, cfg.name or f"{job}-default"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by another user
-        pass
-    return True
-
-
-def remove_stale_checkpoint_folders() -> None:
-    """Delete the temp checkpoint folders of processes that died before Train persisted and removed them."""
-    for folder in Path(tempfile.gettempdir()).glob(f"{CKPT_PREFIX}*-*"):
-        pid = folder.name[len(CKPT_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(folder, ignore_errors=True)
-
-
-def _save_checkpoint(state: dict[str, Any]) -> ray.train.Checkpoint:
-    """Write the state to a fresh temp folder (temp file + rename) for Ray Train to persist and delete.
-
-    The folder is named after this process, so that the worker group started after a crash can remove it
-    (`remove_stale_checkpoint_folders`) if this process was killed before Train copied it.
-    """
-    folder = tempfile.mkdtemp(prefix=f"{CKPT_PREFIX}{os.getpid()}-")
-    tmp = os.path.join(folder, STATE_FILE + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, os.path.join(folder, STATE_FILE))
-    return ray.train.Checkpoint.from_directory(folder)
-
-
-def load_checkpoint_state(path: str | os.PathLike) -> dict[str, Any]:
-    """The saved state of a checkpoint folder (or of its state.pt)."""
-    path = Path(path)
-    return torch.load(path / STATE_FILE if path.is_dir() else path, map_location="cpu", weights_only=True)
 
 
 def _mean_over_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
@@ -119,14 +67,15 @@ def _maybe_fail(step: int, rank: int) -> None:
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     job = config["job"]
-    cfg = from_dict(JOBS[job][0], config["cfg"])
+    cfg = from_dict(TRAIN_CONFIGS[job], config["cfg"])
+    validate: Validate | None = config["validate"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     if ctx.get_local_rank() == 0:
         remove_stale_checkpoint_folders()  # left on this node by workers killed mid-checkpoint
     device = ray.train.torch.get_device()
     torch.manual_seed(cfg.seed)  # identical initialisation on every rank
-    task = make_task(job, cfg, device)
+    task = TASKS[job](cfg, device)
 
     step, starts = 0, []
     ckpt = ray.train.get_checkpoint()
@@ -172,13 +121,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         checkpoint = None
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             if rank == 0:
-                if cfg.val_data:
-                    from raytrain.eval.validate import validate
+                if cfg.val_data and validate is not None:
                     metrics.update(validate(job, task, cfg))
-                checkpoint = _save_checkpoint({"task": task.state_dict(), "step": step,
+                checkpoint = ray.train.Checkpoint.from_directory(write_checkpoint({"task": task.state_dict(), "step": step,
                                                "sampler": {"seed": cfg.seed, "world_size": world,
                                                            "batch_size": cfg.batch_size},
-                                               "starts": starts, "config": to_dict(cfg), "job": job})
+                                               "starts": starts, "config": to_dict(cfg), "job": job}))
         if writer is not None:
             for k, v in metrics.items():
                 writer.add_scalar(f"train/{k}", v, step)
@@ -194,8 +142,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         writer.close()
 
 
-def make_trainer(job: str, cfg: RunConfig, callbacks: list | None = None) -> TorchTrainer:
-    """The TorchTrainer of a training job (DDP over `cfg.num_workers` workers)."""
+def make_trainer(job: str, cfg: RunConfig, callbacks: list | None = None,
+                 validate: Validate | None = None) -> TorchTrainer:
+    """The TorchTrainer of a training job (DDP over `cfg.num_workers` workers); `validate` scores the model
+    on `cfg.val_data` at every checkpoint."""
     storage, name = run_dir(cfg, job)
     local = "://" not in storage
     tb_dir = os.path.join(storage, name, "tensorboard") if local else str(
@@ -204,7 +154,8 @@ def make_trainer(job: str, cfg: RunConfig, callbacks: list | None = None) -> Tor
     env = {k: os.environ[k] for k in (FAILURE_ENV,) if k in os.environ}
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"job": job, "cfg": to_dict(cfg), "name": name, "tensorboard_dir": tb_dir},
+        train_loop_config={"job": job, "cfg": to_dict(cfg), "name": name, "tensorboard_dir": tb_dir,
+                           "validate": validate},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
@@ -214,8 +165,8 @@ def make_trainer(job: str, cfg: RunConfig, callbacks: list | None = None) -> Tor
     )
 
 
-def fit(job: str, cfg: RunConfig) -> ray.train.Result:
+def fit(job: str, cfg: RunConfig, validate: Validate | None = None) -> ray.train.Result:
     """Train `job` ("smtc" or "stmae") on Ray Train; resumes if the run name already has checkpoints."""
     if not cfg.data:
         raise ValueError("--data: no shard folder given")
-    return make_trainer(job, cfg).fit()
+    return make_trainer(job, cfg, validate=validate).fit()

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from raytrain.augment import augment_clips
-from raytrain.configs import SMTCConfig
+from raytrain.config import SMTCConfig
 from raytrain.losses.smtc import (RELAXED_TAU, STRICT_TAU, instance_loss, semantic_consistency,
                                   slot_diversity, valid_instances)
 from raytrain.models.smtc import SMTC, SMTCOutput, ema_update, make_teacher

@@ -31,7 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from raytrain.configs import STMAEConfig
+from raytrain.config import STMAEConfig
 from raytrain.losses.stmae import stmae_loss
 from raytrain.models.resnet_weights import load_resnet
 from raytrain.models.stmae import STMAE

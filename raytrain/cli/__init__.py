@@ -1,0 +1,1 @@
+"""Command-line front-ends of the jobs (`jobs/*.py` call these)."""

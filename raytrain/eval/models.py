@@ -1,0 +1,142 @@
+"""The models evaluation runs: what to build (`ModelSpec`), built the same way on every actor (`build_model`),
+from random weights, a released weights file or a training-run checkpoint (local path or URI, fetched first).
+
+Weights are read once, on the driver, and reach the actors inside the spec through the object store.
+"""
+from __future__ import annotations
+
+import posixpath
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from pyarrow.fs import FileType, LocalFileSystem, copy_files
+from torch import Tensor, nn
+
+from raytrain.config import EvalSMTCConfig, EvalSTMAEConfig
+from raytrain.models.smtc import SMTC
+from raytrain.models.stmae import STMAE, checkpoint_weights, from_weights
+from raytrain.models.vit import vit_small
+from raytrain.models.weights import load_smtc_weights, load_vit_weights, vit_state_dict
+from raytrain.runtime import STATE_FILE, load_checkpoint_state
+from shards.layout import resolve
+
+RANDOM_WARNING = ("=" * 100 + "\nWARNING: no checkpoint given: evaluating RANDOMLY INITIALISED weights. "
+                  "The numbers below say nothing about the method.\n" + "=" * 100)
+
+
+@dataclass
+class ModelSpec:
+    """What an actor builds: architecture, weights (None: random from `seed`) and where they came from."""
+
+    kind: str  # "vit" (propagation encoder), "smtc" (discovery), "stmae"
+    weights: dict[str, Tensor] | None
+    source: str
+    seed: int = 0
+    arch: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def random(self) -> bool:
+        return self.weights is None
+
+
+def _new_model(kind: str, arch: dict[str, int]) -> nn.Module:
+    if kind == "vit":
+        return vit_small()
+    if kind == "smtc":
+        return SMTC(arch["num_slots"], arch["num_instances"], resolution=arch["resolution"], drop_path=0.0)
+    if kind == "stmae":
+        return STMAE(value_dim=arch.get("value_dim", 512))
+    raise ValueError(f"unknown model kind {kind!r}")
+
+
+def build_model(spec: ModelSpec, device: torch.device | str) -> nn.Module:
+    """The model of `spec` in eval mode on `device` (the same weights wherever it is built)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed)
+        model = _new_model(spec.kind, spec.arch)
+    if spec.weights is not None:
+        model.load_state_dict(spec.weights)
+    return model.to(device).eval()
+
+
+def _run_state(path: Path, job: str) -> dict[str, Any] | None:
+    """The state of a training-run checkpoint (folder or its state.pt), None for other files."""
+    if not (path.is_dir() or path.name == STATE_FILE):
+        return None
+    if path.is_dir() and not (path / STATE_FILE).is_file():
+        raise FileNotFoundError(f"--checkpoint {path}: a folder without {STATE_FILE} (not a training checkpoint)")
+    state = load_checkpoint_state(path)
+    if state.get("job") != job:
+        raise ValueError(f"--checkpoint {path}: a {state.get('job')!r} training checkpoint, expected {job!r}")
+    return state
+
+
+@contextmanager
+def fetched(uri: str, flag: str) -> Iterator[Path]:
+    """A local path for a checkpoint: `uri` itself when local, else a temporary copy (file or folder)."""
+    if "://" not in uri:
+        yield Path(uri)
+        return
+    fs, path = resolve(uri)
+    kind = fs.get_file_info(path).type
+    if kind == FileType.NotFound:
+        raise FileNotFoundError(f"{flag} {uri}: not found")
+    with tempfile.TemporaryDirectory(prefix="raytrain-eval-") as tmp:
+        local = Path(tmp) / posixpath.basename(path.rstrip("/"))
+        if kind == FileType.Directory:
+            local.mkdir()
+        copy_files(path, str(local), source_filesystem=fs, destination_filesystem=LocalFileSystem())
+        yield local
+
+
+def _load_smtc(model: nn.Module, path: Path, source: str, state: dict[str, Any] | None, discovery: bool) -> None:
+    """Load a run checkpoint's `state` (None: the file at `path`) into SMTC (discovery) or its encoder."""
+    if state is not None and discovery:
+        model.load_state_dict(state["task"]["model"])
+    elif state is not None:
+        try:
+            model.load_state_dict(vit_state_dict(state["task"], source))
+        except RuntimeError as e:
+            raise ValueError(f"--checkpoint {source}: the encoder does not match ViT-S/16: {e}") from None
+    elif discovery:
+        load_smtc_weights(model, path)
+    else:
+        load_vit_weights(model, path)
+
+
+def smtc_spec(cfg: EvalSMTCConfig) -> ModelSpec:
+    """Weights for SMTC propagation (encoder only) or discovery (whole model), read and checked here."""
+    if cfg.checkpoint and cfg.dino_path:
+        raise ValueError("give either --checkpoint (SMTC) or --dino_path (DINO), not both")
+    discovery = cfg.task == "discovery"
+    if discovery and cfg.dino_path:
+        raise ValueError("--dino_path: discovery needs SMTC's slot modules; give an SMTC --checkpoint")
+    arch = dict(num_slots=cfg.num_slots, num_instances=cfg.num_instance, resolution=cfg.resolution)
+    kind = "smtc" if discovery else "vit"
+    source = cfg.checkpoint or cfg.dino_path
+    if not source:
+        return ModelSpec(kind, None, "random weights", cfg.seed, arch)
+    with fetched(source, "--checkpoint" if cfg.checkpoint else "--dino_path") as path:
+        state = _run_state(path, "smtc") if cfg.checkpoint else None
+        if state is not None:
+            train = state["config"]
+            arch = dict(num_slots=train["num_slots"], num_instances=train["num_instance"],
+                        resolution=train["resolution"])
+        model = _new_model(kind, arch)
+        _load_smtc(model, path, source, state, discovery)
+    return ModelSpec(kind, model.state_dict(), source, cfg.seed, arch)
+
+
+def stmae_spec(cfg: EvalSTMAEConfig) -> ModelSpec:
+    """STMAE weights (released file, upstream training checkpoint, or a run checkpoint folder)."""
+    if not cfg.checkpoint:
+        return ModelSpec("stmae", None, "random weights", cfg.seed)
+    with fetched(cfg.checkpoint, "--checkpoint") as path:
+        state = _run_state(path, "stmae")
+        obj = state if state is not None else torch.load(path, map_location="cpu", weights_only=True)
+    model = from_weights(checkpoint_weights(obj, cfg.checkpoint), cfg.checkpoint)
+    return ModelSpec("stmae", model.state_dict(), cfg.checkpoint, cfg.seed, {"value_dim": model.value_dim})

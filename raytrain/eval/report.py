@@ -1,0 +1,102 @@
+"""Writing an evaluation's results: masks as they arrive, the official CSV files, the summary table and JSON,
+overlay pictures, and the upload to a URI.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from pyarrow.fs import LocalFileSystem, copy_files
+
+from raytrain.config import EvalConfig
+from raytrain.eval import davis
+from raytrain.eval.models import RANDOM_WARNING, ModelSpec
+from raytrain.eval.overlay import FORMATS, save_overlay
+from raytrain.eval.video_io import VideoResult, decode_png, read_rgb
+from shards.layout import resolve
+
+
+class MaskWriter:
+    """Writes each result's masks (`<out>/<mask_dir>/<video>/<frame>.png`) and extra files as they arrive."""
+
+    def __init__(self, out: Path, mask_dir: str = ""):
+        self.out, self.mask_dir = out, mask_dir
+
+    def __call__(self, index: int, result: VideoResult) -> None:
+        folder = self.out / self.mask_dir / result.name
+        folder.mkdir(parents=True, exist_ok=True)
+        for frame, png in result.masks.items():
+            (folder / f"{frame}.png").write_bytes(png)
+        for rel, data in result.extra.items():
+            (self.out / rel).parent.mkdir(parents=True, exist_ok=True)
+            (self.out / rel).write_bytes(data)
+
+
+def summary_table(report: davis.Report, title: str) -> str:
+    """Markdown: the global row, then one row per object."""
+    cols = davis.GLOBAL_COLUMNS
+    lines = [f"### {title}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols),
+             "| " + " | ".join(f"{v:.3f}" for v in report.as_dict().values()) + " |", "",
+             "| Sequence | J-Mean | F-Mean |", "|---|---|---|"]
+    lines += [f"| {name} | {j:.3f} | {f:.3f} |" for name, j, f in report.objects]
+    return "\n".join(lines)
+
+
+def _overlays(cfg: EvalConfig, out: Path, items: Sequence, results: Sequence[VideoResult]) -> list[Path]:
+    if cfg.overlay_format not in FORMATS:
+        raise ValueError(f"--overlay_format must be one of {', '.join(FORMATS)}")
+    paths = []
+    for item, result in list(zip(items, results))[:max(cfg.overlays, 0)]:
+        video = getattr(item, "video", item)
+        index = {f: i for i, f in enumerate(video.frames)}
+        decoded = [decode_png(png) for png in result.masks.values()]
+        frames = [read_rgb(video, index[f]) for f in result.masks]
+        masks = [ids if pal is not None else (ids > 0).astype(np.uint8) for ids, pal in decoded]
+        palette = next((pal for _, pal in decoded if pal is not None), None)
+        paths.append(save_overlay(frames, masks, out / "overlays" / f"{result.name}.{cfg.overlay_format}", palette))
+    return paths
+
+
+def finish(cfg: EvalConfig, out: Path, spec: ModelSpec, items: Sequence, results: Sequence[VideoResult],
+           seconds: float, protocol: str, set_name: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Official CSVs (when scored), summary table and JSON, overlays; returns the summary."""
+    summary: dict[str, Any] = {"protocol": protocol, "model": spec.source, "random_weights": spec.random,
+                               "videos": len(results), "seconds": round(seconds, 3),
+                               "videos_per_s": round(len(results) / max(seconds, 1e-9), 4), **(extra or {})}
+    scored = [r.scores for r in results if r.scores is not None]
+    if scored:
+        if len(scored) < len(results):
+            print(f"{len(results) - len(scored)} video(s) have no ground truth for every frame and are not scored")
+        report = davis.combine(scored)
+        csvs = davis.write_csv(report, out, set_name)
+        summary.update(global_results=report.as_dict(), objects=[list(o) for o in report.objects],
+                       csv=[p.name for p in csvs])
+        print("\n" + summary_table(report, f"{protocol} — {set_name}"))
+    summary["overlays"] = [p.relative_to(out).as_posix() for p in _overlays(cfg, out, items, results)]
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if spec.random:
+        print(RANDOM_WARNING)
+    print(f"\n{len(results)} videos in {seconds:.1f} s ({summary['videos_per_s']:.3f} videos/s); "
+          f"outputs in {cfg.out if '://' in cfg.out else out}", flush=True)
+    return summary
+
+
+def output_folder(out: str, default: str) -> Path:
+    """The local folder results are written to: `out` (or `default`), or a staging folder when `out` is a URI."""
+    folder = Path(tempfile.mkdtemp(prefix="raytrain-eval-out-")) if "://" in out else Path(out or default)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def upload(folder: Path, out: str) -> None:
+    """Copy the results to `out` and remove the staging folder, when `out` is a URI (s3://, gs://, ...)."""
+    if "://" in out:
+        fs, path = resolve(out)
+        fs.create_dir(path, recursive=True)
+        copy_files(str(folder), path, source_filesystem=LocalFileSystem(), destination_filesystem=fs)
+        shutil.rmtree(folder)
+        print(f"outputs uploaded to {out}", flush=True)
