@@ -57,6 +57,8 @@ class SMTCConfig(RunConfig):
 
     num_slots: int = flag(16, "semantic slots")
     num_instance: int = flag(4, "instance slots per semantic slot")
+    instance_mask: str = flag("logit", "instance-stage mask: logit (upstream: raw semantic logits > 0.3) | softmax "
+                                       "(their softmax over slots > 0.3)")
     num_iterations: int = flag(3, "slot attention iterations")
     num_frames: int = flag(4, "frames per clip")
     gap: int = flag(4, "frame spacing inside a clip")
@@ -144,6 +146,8 @@ class EvalSMTCConfig(EvalConfig):
     max_proposals: int = flag(20, "discovery (official): proposals per sequence")
     num_slots: int = flag(16, "semantic slots of a released .pth (run checkpoints carry their own)")
     num_instance: int = flag(4, "instance slots per semantic slot of a released .pth")
+    instance_mask: str = flag("logit", "instance-stage mask of a released .pth: logit (upstream) | softmax (run "
+                                       "checkpoints carry their own)")
     resolution: int = flag(256, "training resolution of a released .pth")
 
 

@@ -36,7 +36,8 @@ def test_checkpoints_are_read_on_the_driver(tmp_path, one_thread):
     student = task.model.state_dict()
 
     run = smtc_spec(EvalSMTCConfig(task="discovery", checkpoint=str(tmp_path / "run")))  # architecture from the run
-    assert run.arch == {"num_slots": 4, "num_instances": 2, "resolution": 64} and not run.random
+    assert run.arch == {"num_slots": 4, "num_instances": 2, "resolution": 64, "instance_mask": "logit"}
+    assert not run.random
     assert all(torch.equal(v, student[k]) for k, v in build_model(run, "cpu").state_dict().items())
     for spec in (smtc_spec(EvalSMTCConfig(checkpoint=str(tmp_path / "run" / "state.pt"))),
                  smtc_spec(EvalSMTCConfig(dino_path=str(tmp_path / "dino.pth"), preset="dino"))):
@@ -53,6 +54,37 @@ def test_checkpoints_are_read_on_the_driver(tmp_path, one_thread):
     with pytest.raises(FileNotFoundError, match="without state.pt"):
         smtc_spec(EvalSMTCConfig(checkpoint=str(tmp_path)))
     assert smtc_spec(EvalSMTCConfig()).random
+
+
+def test_the_instance_mask_a_run_was_trained_with_is_the_one_it_is_evaluated_with(tmp_path, one_thread):
+    for mode in ("logit", "softmax"):
+        cfg = SMTCConfig(num_slots=4, num_instance=2, resolution=64, instance_mask=mode)
+        task = SMTCTask(cfg, "cpu")
+        assert task.model.slot_attention.instance_mask == mode
+        run = tmp_path / mode
+        run.mkdir()
+        torch.save({"task": task.state_dict(), "step": 1, "config": to_dict(cfg), "job": "smtc"}, run / "state.pt")
+        # The eval flag describes released files only: a run checkpoint carries its own choice.
+        other = "softmax" if mode == "logit" else "logit"
+        spec = smtc_spec(EvalSMTCConfig(task="discovery", checkpoint=str(run), instance_mask=other))
+        assert spec.arch["instance_mask"] == mode
+        assert build_model(spec, "cpu").slot_attention.instance_mask == mode
+    # A run checkpoint from before the option was trained with the softmax mask.
+    state = torch.load(tmp_path / "logit" / "state.pt", weights_only=True)
+    del state["config"]["instance_mask"]
+    (tmp_path / "old").mkdir()
+    torch.save(state, tmp_path / "old" / "state.pt")
+    old = smtc_spec(EvalSMTCConfig(task="discovery", checkpoint=str(tmp_path / "old")))
+    assert build_model(old, "cpu").slot_attention.instance_mask == "softmax"
+    # A released file: upstream's raw-logit mask unless told otherwise.
+    torch.save({"model_state_dict": state["task"]["model"]}, tmp_path / "released.pth")
+    released = EvalSMTCConfig(task="discovery", checkpoint=str(tmp_path / "released.pth"), num_slots=4,
+                              num_instance=2, resolution=64)
+    assert build_model(smtc_spec(released), "cpu").slot_attention.instance_mask == "logit"
+    soft = dataclasses.replace(released, instance_mask="softmax")
+    assert build_model(smtc_spec(soft), "cpu").slot_attention.instance_mask == "softmax"
+    with pytest.raises(ValueError, match="--instance_mask must be one of logit, softmax"):
+        SMTCTask(SMTCConfig(num_slots=4, num_instance=2, resolution=64, instance_mask="hard"), "cpu")
 
 
 @pytest.mark.slow

@@ -27,6 +27,41 @@ def test_smtc_gap_shrinks_for_short_videos():
     assert sampling.smtc_frames(4, 4, 4, rng) is None
 
 
+def test_smtc_gap_one_on_the_shortest_video_repeats_a_frame():
+    """5 frames, 4-frame clips, gap 1: upstream lowers the gap to 0, so one frame is repeated."""
+    rng = np.random.default_rng(0)
+    clips = [sampling.smtc_frames(5, 4, 1, rng) for _ in range(100)]
+    assert all(len(c) == 4 and len(set(c)) == 1 for c in clips)
+    assert {c[0] for c in clips} == set(range(5))  # the centre is uniform over the whole video
+    assert np.diff(sampling.smtc_frames(6, 4, 1, rng)).tolist() == [1, 1, 1]
+    assert sampling.smtc_frames(4, 4, 1, rng) is None
+    entry = plan.VideoEntry("v", tuple(f"{i:05d}" for i in range(5)), ((0, 1),) * 5, {}, 0)
+    assert plan.usable(entry, _cfg(gap=1))
+
+
+@pytest.mark.parametrize("num_frames", [1, 2, 3, 4, 5, 8])
+def test_smtc_usable_agrees_with_the_sampler(num_frames):
+    """Every video `usable` admits gets a valid clip from `smtc_frames`, and no other video does."""
+    rng = np.random.default_rng(0)
+    for gap in range(1, 7):
+        cfg = _cfg(num_frames=num_frames, gap=gap)
+        for length in range(1, 40):
+            entry = plan.VideoEntry("v", tuple(f"{i:05d}" for i in range(length)), ((0, 1),) * length, {}, 0)
+            for _ in range(5):
+                idx = sampling.smtc_frames(length, num_frames, gap, rng)
+                assert (idx is not None) == plan.usable(entry, cfg), (num_frames, gap, length)
+                if idx is not None:
+                    assert len(idx) == num_frames and all(0 <= i < length for i in idx)
+                    assert idx == sorted(idx) and len(set(np.diff(idx).tolist())) <= 1  # evenly spaced
+
+
+def test_smtc_gap_below_one_is_refused():
+    with pytest.raises(ValueError, match="--gap"):
+        sampling.smtc_frames(20, 4, 0, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="--gap"):
+        _cfg(gap=0)
+
+
 def test_stmae_frames_start_at_zero_within_max_skip():
     rng = np.random.default_rng(1)
     for max_jump in (1, 3, 5, 15):

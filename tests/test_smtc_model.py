@@ -136,9 +136,10 @@ def _reference_slots(sa: SlotAttention, x: torch.Tensor, init: torch.Tensor, thr
     return sem, logits, inst + sa.mlp(sa.norm_pre_ff(inst)), ilog
 
 
-def test_slot_attention_one_iteration_matches_spec():
+@pytest.mark.parametrize("instance_mask", ["logit", "softmax"])
+def test_slot_attention_one_iteration_matches_spec(instance_mask):
     torch.manual_seed(0)
-    sa = SlotAttention(num_slots=3, num_instances=2, dim=384, iters=1)
+    sa = SlotAttention(num_slots=3, num_instances=2, dim=384, iters=1, instance_mask=instance_mask)
     x = 3 * torch.randn(2, 20, 384)
     torch.manual_seed(5)
     with torch.no_grad():
@@ -146,13 +147,39 @@ def test_slot_attention_one_iteration_matches_spec():
         torch.manual_seed(5)
         shape = (2, -1, 2, -1)
         init = torch.normal(sa.slots_mu.expand(*shape), sa.slots_sigma.exp().expand(*shape))
-        sem, logits, inst, ilog = _reference_slots(sa, x, init, threshold_prob=True)
-        _, _, inst_raw, _ = _reference_slots(sa, x, init, threshold_prob=False)
+        sem, logits, inst, ilog = _reference_slots(sa, x, init, threshold_prob=instance_mask == "softmax")
+        _, _, inst_other, _ = _reference_slots(sa, x, init, threshold_prob=instance_mask != "softmax")
     torch.testing.assert_close(out.semantic, sem, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(out.semantic_logits, logits, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(out.instance_logits, ilog, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(out.instances, inst, rtol=1e-4, atol=1e-4)
-    assert not torch.allclose(inst, inst_raw, atol=1e-3)  # the mask choice (probability vs raw logit) matters
+    assert not torch.allclose(inst, inst_other, atol=1e-3)  # the mask choice (probability vs raw logit) matters
+
+
+def test_instance_mask_modes_on_hand_made_logits():
+    # 2 slots x 4 pixels. Pixel 0: logits 0.5 / 0.4, softmax 0.52 / 0.48 -> both pass either rule.
+    # Pixel 1: -1 / -3 -> softmax 0.88 / 0.12: slot 0 passes only the softmax rule.
+    # Pixel 2: 2 / 0.35 -> softmax 0.84 / 0.16: slot 1 passes only the logit rule.
+    # Pixel 3: 0.1 / 0.2 -> softmax 0.48 / 0.52: both pass only the softmax rule.
+    logits = torch.tensor([[[0.5, -1.0, 2.0, 0.1], [0.4, -3.0, 0.35, 0.2]]])
+    by_logit = torch.tensor([[[True, False, True, False], [True, False, True, False]]])
+    by_softmax = torch.tensor([[[True, True, True, True], [True, False, False, True]]])
+    default = SlotAttention(num_slots=2, num_instances=2, dim=8)
+    assert default.instance_mask == "logit"
+    assert torch.equal(default.semantic_mask(logits), by_logit)
+    softmax = SlotAttention(num_slots=2, num_instances=2, dim=8, instance_mask="softmax")
+    assert torch.equal(softmax.semantic_mask(logits), by_softmax)
+    assert torch.equal(softmax.semantic_mask(logits), logits.softmax(1) > 0.3)
+
+
+def test_instance_mask_default_plumbing_and_validation():
+    assert SMTC(num_slots=2, num_instances=2, resolution=32).slot_attention.instance_mask == "logit"
+    assert SMTC(num_slots=2, num_instances=2, resolution=32,
+                instance_mask="softmax").slot_attention.instance_mask == "softmax"
+    with pytest.raises(ValueError, match="--instance_mask"):
+        SlotAttention(num_slots=2, num_instances=2, dim=8, instance_mask="prob")
+    with pytest.raises(ValueError, match="--instance_mask"):
+        SMTC(num_slots=2, num_instances=2, resolution=32, instance_mask="sigmoid")
 
 
 def test_gradients_reach_every_trainable_parameter(smtc):

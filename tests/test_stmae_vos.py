@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from raytrain.eval.stmae_vos import MaskMemory, load_stmae, propagate_video, read_palette, save_masks
@@ -98,3 +99,42 @@ def test_memory_groups_read_only_their_frames():
     sim_new = torch.einsum("cn,cp->np", k2.flatten(2)[0], q.flatten(2)[0]).softmax(0)
     torch.testing.assert_close(out[0, 0].flatten(), torch.cat([m1[0].flatten(), m2[0].flatten()]) @ sim_all)
     torch.testing.assert_close(out[0, 1].flatten(), m2[1].flatten() @ sim_new)
+
+
+def test_frames_without_a_given_mask_use_the_models_probabilities(tmp_path, checkpoint, monkeypatch):
+    """Memory values and output masks of propagated frames come from `decode_coarse` as returned (already
+    soft-aggregated, with background), not from a second aggregation."""
+    frames, annotations = make_video(tmp_path / "video")
+    first = np.asarray(Image.open(annotations[0]))
+    model = load_stmae(checkpoint)
+    events: list[tuple[str, torch.Tensor]] = []
+    decode, add = model.decode_coarse, MaskMemory.add
+
+    def recording_decode(*args, **kwargs):
+        out = decode(*args, **kwargs)
+        events.append(("decode", out[2][0].clone()))
+        return out
+
+    def recording_add(self, key, masks):
+        events.append(("add", masks.clone()))
+        return add(self, key, masks)
+
+    monkeypatch.setattr(model, "decode_coarse", recording_decode)
+    monkeypatch.setattr(MaskMemory, "add", recording_add)
+    # 64x96 processed at 32x48 (a multiple of 16: no padding); f16 is 2x3
+    masks = propagate_video(model, frames, {0: first}, mem_every=2, top_k=5, size=32)
+    decoded = [p for kind, p in events if kind == "decode"]
+    assert len(decoded) == N - 1  # frames 1..N-1
+    added = 0
+    for i, (kind, p) in enumerate(events):
+        if kind == "add" and i > 0:  # a memory frame after frame 0: the decode of that frame precedes it
+            assert events[i - 1][0] == "decode"
+            fg = events[i - 1][1][None, 1:]
+            assert torch.equal(p, F.interpolate(fg, size=(2, 3), mode="bilinear", align_corners=False)[0])
+            added += 1
+    assert added == len(range(2, N - 1, 2))
+    for t, prob in enumerate(decoded, start=1):
+        assert prob.shape == (2, 32, 48)
+        up = F.interpolate(prob[None], size=(H, W), mode="bilinear", align_corners=False)[0]
+        expected = np.array([0, 2], np.uint8)[up.argmax(0).numpy()]
+        assert np.array_equal(masks[t], expected)

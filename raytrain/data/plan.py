@@ -42,6 +42,8 @@ class StreamConfig:
     def __post_init__(self) -> None:
         if self.kind not in ("smtc", "stmae"):
             raise ValueError(f"unknown clip kind {self.kind!r} (expected 'smtc' or 'stmae')")
+        if self.kind == "smtc" and self.gap < 1:
+            raise ValueError(f"--gap must be at least 1, got {self.gap}")
 
 
 Span = tuple[int, int]  # (offset, size) of a member's data in its shard
@@ -101,7 +103,7 @@ class ClipSpec:
 def usable(entry: VideoEntry, cfg: StreamConfig) -> bool:
     n = len(entry.frames)
     if cfg.kind == "smtc":
-        return n >= 2 * (cfg.num_frames // 2) + 1
+        return n >= sampling.smtc_min_length(cfg.num_frames)  # exactly the videos smtc_frames samples from
     return n >= cfg.num_frames and entry.frames[0] in entry.png
 
 

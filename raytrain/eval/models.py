@@ -36,18 +36,19 @@ class ModelSpec:
     weights: dict[str, Tensor] | None
     source: str
     seed: int = 0
-    arch: dict[str, int] = field(default_factory=dict)
+    arch: dict[str, Any] = field(default_factory=dict)
 
     @property
     def random(self) -> bool:
         return self.weights is None
 
 
-def _new_model(kind: str, arch: dict[str, int]) -> nn.Module:
+def _new_model(kind: str, arch: dict[str, Any]) -> nn.Module:
     if kind == "vit":
         return vit_small()
     if kind == "smtc":
-        return SMTC(arch["num_slots"], arch["num_instances"], resolution=arch["resolution"], drop_path=0.0)
+        return SMTC(arch["num_slots"], arch["num_instances"], resolution=arch["resolution"], drop_path=0.0,
+                    instance_mask=arch.get("instance_mask", "logit"))
     if kind == "stmae":
         return STMAE(value_dim=arch.get("value_dim", 512))
     raise ValueError(f"unknown model kind {kind!r}")
@@ -115,7 +116,8 @@ def smtc_spec(cfg: EvalSMTCConfig) -> ModelSpec:
     discovery = cfg.task == "discovery"
     if discovery and cfg.dino_path:
         raise ValueError("--dino_path: discovery needs SMTC's slot modules; give an SMTC --checkpoint")
-    arch = dict(num_slots=cfg.num_slots, num_instances=cfg.num_instance, resolution=cfg.resolution)
+    arch = dict(num_slots=cfg.num_slots, num_instances=cfg.num_instance, resolution=cfg.resolution,
+                instance_mask=cfg.instance_mask)
     kind = "smtc" if discovery else "vit"
     source = cfg.checkpoint or cfg.dino_path
     if not source:
@@ -124,8 +126,9 @@ def smtc_spec(cfg: EvalSMTCConfig) -> ModelSpec:
         state = _run_state(path, "smtc") if cfg.checkpoint else None
         if state is not None:
             train = state["config"]
+            # Run checkpoints written before `instance_mask` existed were trained with the softmax mask.
             arch = dict(num_slots=train["num_slots"], num_instances=train["num_instance"],
-                        resolution=train["resolution"])
+                        resolution=train["resolution"], instance_mask=train.get("instance_mask", "softmax"))
         model = _new_model(kind, arch)
         _load_smtc(model, path, source, state, discovery)
     return ModelSpec(kind, model.state_dict(), source, cfg.seed, arch)

@@ -1,12 +1,15 @@
 """STMAE semi-supervised VOS inference on one video (upstream `eval.py` / `InferenceCore`, XMem-style).
 
 Per frame: resize (shorter side `size`), ImageNet-normalise, pad to a multiple of 16, encode the key; read
-coarse masks from the memory (dot product, top-k softmax), mask-encode, decode, aggregate. Given masks
-override the prediction for their objects. A frame enters the memory (key f16, value = soft foreground
-probabilities at 1/16) when it has a given mask or `mem_every` frames have passed since the last memory
-frame, never when it is the last frame. Objects given after frame 0 (YouTube-VOS) join the memory at that
-frame and read only the memory frames stored since (XMem's object groups). Predictions are unpadded,
-resized bilinearly to the original size, argmax-ed and mapped back to the original ids.
+coarse masks from the memory (dot product, top-k softmax), mask-encode, decode, aggregate (the model's
+`segment`). A frame without a given mask uses those probabilities as they are. In a frame with a given
+mask, the given objects' one-hot masks replace the prediction for those objects and the result is
+aggregated (as upstream `InferenceCore.step`, which aggregates only there). A frame enters the memory (key
+f16, value = soft foreground probabilities at 1/16) when it has a given mask or `mem_every` frames have
+passed since the last memory frame, never when it is the last frame. Objects given after frame 0
+(YouTube-VOS) join the memory at that frame and read only the memory frames stored since (XMem's object
+groups). Predictions are unpadded, resized bilinearly to the original size, argmax-ed and mapped back to
+the original ids.
 
 No Ray here: the evaluation helper fans `propagate_video` out over a cluster.
 
@@ -165,23 +168,23 @@ def propagate_video(model: STMAE, frames: Sequence[Frame], first_masks: dict[int
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             f16, f8, f4 = model.encode_key(image)
             given_ids = set() if given is None else {int(i) for i in np.unique(given)} - {0}
-            pred = None  # foreground probabilities (K_mem, H, W)
+            pred = None  # probabilities with background (K_mem + 1, H, W), already soft-aggregated
             if memory.num_objects and not all(i in given_ids for i in ids):
                 coarse = memory.read(f16)
-                pred = model.decode_coarse(image, f16, f8, f4, coarse)[1][0].float()
+                pred = model.decode_coarse(image, f16, f8, f4, coarse)[2][0].float()
         if given is not None:
             g = torch.tensor(given, device=device)[None, None].float()
             g = _pad16(F.interpolate(g, size=(hs, ws), mode="nearest"))[0][0, 0]
             onehot = torch.stack([(g == i).float() for i in ids])
             if pred is not None:
-                pred = F.pad(pred, (0, 0, 0, 0, 0, len(ids) - pred.shape[0]))
-                pred[:, g > 0] = 0
+                fg = F.pad(pred[1:], (0, 0, 0, 0, 0, len(ids) - (pred.shape[0] - 1)))
+                fg[:, g > 0] = 0
                 for k, i in enumerate(ids):
                     if i not in given_ids:
-                        onehot[k] = pred[k]
+                        onehot[k] = fg[k]
             prob = aggregate(onehot, dim=0)[1]
         else:
-            prob = aggregate(pred, dim=0)[1]
+            prob = pred  # the model's output as is (aggregating it again would sharpen it twice)
         if (given is not None or ti - last_mem >= mem_every) and ti != n - 1:
             memory.add(f16.float(), F.interpolate(prob[None, 1:], size=f16.shape[-2:], mode="bilinear",
                                                   align_corners=False)[0])

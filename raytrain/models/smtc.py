@@ -14,9 +14,10 @@ upstream leaves them trainable but they stay unchanged (no gradient), so this ch
 needs no `find_unused_parameters`. They are still used by `encode_frames` (label propagation).
 
 Deviations from upstream:
-- Instance-stage mask: upstream computes the semantic softmax over slots and then overwrites it with
-  `semantic_logits > 0.3` (a threshold on raw scaled dot products). Here the mask is
-  1[softmax_over_slots(semantic_logits) > 0.3], the probability the softmax was evidently computed for.
+- Instance-stage mask (`instance_mask`): the default, "logit", is upstream's rule, 1[semantic_logits > 0.3]
+  on the raw scaled dot products (upstream computes the softmax over slots and then overwrites it; the
+  released checkpoint was trained this way). "softmax" (`--instance_mask softmax`) is an option that
+  thresholds the probability instead, 1[softmax_over_slots(semantic_logits) > 0.3].
 """
 from __future__ import annotations
 
@@ -30,6 +31,14 @@ from torch import Tensor, nn
 from raytrain.models.vit import DIM, PATCH, vit_small
 
 MASK_THRESHOLD = 0.3
+INSTANCE_MASKS = ("logit", "softmax")
+
+
+def check_instance_mask(instance_mask: str) -> str:
+    """`instance_mask` if it is one of INSTANCE_MASKS, else ValueError."""
+    if instance_mask not in INSTANCE_MASKS:
+        raise ValueError(f"--instance_mask must be one of {', '.join(INSTANCE_MASKS)}, got {instance_mask!r}")
+    return instance_mask
 
 
 class SlotOutput(NamedTuple):
@@ -60,12 +69,17 @@ class Discovery(NamedTuple):
 
 
 class SlotAttention(nn.Module):
-    """Two-stage slot attention shared by semantic and instance slots (no GRU; residual + MLP update)."""
+    """Two-stage slot attention shared by semantic and instance slots (no GRU; residual + MLP update).
+
+    instance_mask: which semantic map the instance stage is masked with, thresholded at MASK_THRESHOLD:
+    "logit" (upstream: the raw semantic logits) or "softmax" (their softmax over slots).
+    """
 
     def __init__(self, num_slots: int, num_instances: int, dim: int = DIM, iters: int = 3,
-                 eps: float = 1e-8) -> None:
+                 eps: float = 1e-8, instance_mask: str = "logit") -> None:
         super().__init__()
         self.num_slots, self.num_instances, self.iters, self.eps = num_slots, num_instances, iters, eps
+        self.instance_mask = check_instance_mask(instance_mask)
         self.scale = dim ** -0.5
         self.norm_input = nn.LayerNorm(dim)
         self.norm_slots = nn.LayerNorm(dim)
@@ -81,6 +95,11 @@ class SlotAttention(nn.Module):
     def _update(self, slots: Tensor, attn: Tensor, v: Tensor) -> Tensor:
         slots = slots + torch.einsum("b...n,bnd->b...d", attn, v)
         return slots + self.mlp(self.norm_pre_ff(slots))
+
+    def semantic_mask(self, semantic_logits: Tensor) -> Tensor:
+        """Boolean b x S x N mask of the pixels each semantic slot passes to its instance slots."""
+        score = semantic_logits if self.instance_mask == "logit" else semantic_logits.softmax(dim=1)
+        return score > MASK_THRESHOLD
 
     def forward(self, inputs: Tensor, iters: int | None = None) -> SlotOutput:
         """inputs: b x N x D. Semantic slots start at mu; instance slots at N(mu_s, exp(sigma_s)).
@@ -103,7 +122,7 @@ class SlotAttention(nn.Module):
                 slots = slots.detach() - init.detach() + init
         semantic, semantic_logits = slots, logits
 
-        mask = (semantic_logits.softmax(dim=1) > MASK_THRESHOLD).to(k.dtype).unsqueeze(2)  # b S 1 N
+        mask = self.semantic_mask(semantic_logits).to(k.dtype).unsqueeze(2)  # b S 1 N
         shape = (b, -1, self.num_instances, -1)
         init = torch.normal(self.slots_mu.expand(*shape), self.slots_sigma.exp().expand(*shape))
         slots = init
@@ -117,16 +136,19 @@ class SlotAttention(nn.Module):
 
 
 class SMTC(nn.Module):
-    """SMTC student/teacher network. Inputs are ImageNet-normalised clips B x T x 3 x H x W."""
+    """SMTC student/teacher network. Inputs are ImageNet-normalised clips B x T x 3 x H x W.
+
+    `instance_mask` ("logit", upstream's, or "softmax") is passed to `SlotAttention`.
+    """
 
     def __init__(self, num_slots: int = 16, num_instances: int = 4, iters: int = 3, resolution: int = 256,
-                 drop_path: float = 0.1) -> None:
+                 drop_path: float = 0.1, instance_mask: str = "logit") -> None:
         super().__init__()
         self.encoder = vit_small(drop_path)
         self.grid = resolution // PATCH
         self.transport_proj = nn.Conv1d(self.grid * self.grid, DIM, kernel_size=1)
         self.mlp_slot = nn.Sequential(nn.Linear(DIM, 2 * DIM), nn.ReLU(inplace=True), nn.Linear(2 * DIM, DIM))
-        self.slot_attention = SlotAttention(num_slots, num_instances, DIM, iters)
+        self.slot_attention = SlotAttention(num_slots, num_instances, DIM, iters, instance_mask=instance_mask)
         for p in self.encoder.last_block_unused_by_keys():
             p.requires_grad_(False)
 

@@ -84,7 +84,8 @@ class SMTCTask:
         self.rank = dist.get_rank() if initialised else 0
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
-            model = SMTC(cfg.num_slots, cfg.num_instance, cfg.num_iterations, cfg.resolution, cfg.drop_path)
+            model = SMTC(cfg.num_slots, cfg.num_instance, cfg.num_iterations, cfg.resolution, cfg.drop_path,
+                         instance_mask=cfg.instance_mask)
         if cfg.dino_path:
             load_vit_weights(model.encoder, cfg.dino_path)
         else:
