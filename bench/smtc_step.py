@@ -9,11 +9,14 @@
    problems of one upstream step: 32 clips x 16 semantic slots x 16 frame pairs, P = 4 (8192 problems).
    The assignments are checked to be identical; times are the best of 5 runs.
 
-Usage: python bench/smtc_step.py [--cpu_batch 2] [--cuda_batch 2 32] [--steps 2]
+Usage: python bench/smtc_step.py [--cpu_batch 2] [--cuda_batch 2 32] [--steps 2] [--warmup 1] [--json FILE]
+--cpu_batch 0 skips the CPU row; --resolution/--num_slots/--num_instance/--num_frames shrink the model (the
+CPU smoke run of bench/gpu_check.sh); --json appends every row as one JSON line.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import resource
 import statistics
@@ -34,10 +37,14 @@ def _maxrss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def bench_step(device: torch.device, batch: int, steps: int) -> dict[str, float | str]:
-    task = SMTCTask(SMTCConfig(batch_size=batch, **UPSTREAM), device)
-    frames = torch.randint(0, 256, (batch, 4, 3, 256, 256), dtype=torch.uint8, device=device)
-    task.train_step({"frames": frames}, 0)  # warm-up: allocates the optimizer state
+def bench_step(device: torch.device, batch: int, steps: int, model: dict | None = None,
+               warmup: int = 1) -> dict[str, float | str]:
+    model = model or UPSTREAM
+    task = SMTCTask(SMTCConfig(batch_size=batch, **model), device)
+    t, s = model["num_frames"], model["resolution"]
+    frames = torch.randint(0, 256, (batch, t, 3, s, s), dtype=torch.uint8, device=device)
+    for step in range(warmup):  # allocates the optimizer state (and lets cuDNN pick its kernels)
+        task.train_step({"frames": frames}, step)
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.synchronize(device)
@@ -45,7 +52,7 @@ def bench_step(device: torch.device, batch: int, steps: int) -> dict[str, float 
     rss_before = _maxrss_mib()
     times = []
     cpu_start = time.process_time()
-    for step in range(1, steps + 1):
+    for step in range(warmup, warmup + steps):
         t0 = time.perf_counter()
         task.train_step({"frames": frames}, step)  # returns .item()-ed metrics, so the step has finished
         times.append(time.perf_counter() - t0)
@@ -53,7 +60,7 @@ def bench_step(device: torch.device, batch: int, steps: int) -> dict[str, float 
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else _maxrss_mib() - rss_before
     sec = statistics.median(times)
     return {"device": device.type, "precision": "bf16 autocast" if cuda else "fp32", "batch": batch,
-            "s/step": sec, "clips/s": batch / sec, "process CPU s/step": cpu_per_step,
+            "s/step": sec, "clips/s": batch / sec, "images/s": batch * t / sec, "process CPU s/step": cpu_per_step,
             "peak MiB": peak, "memory": "max_memory_allocated" if cuda else "maxrss growth"}
 
 
@@ -87,6 +94,12 @@ def bench_matching(device: torch.device, repeats: int = 5) -> dict[str, float | 
             "same assignments": bool((cols.reshape(-1, 4).cpu().numpy() == ref).all())}
 
 
+def _save(path: str, bench: str, rows: list[dict]) -> None:
+    if path:
+        with open(path, "a") as f:
+            f.writelines(json.dumps({"bench": bench, **r}) + "\n" for r in rows)
+
+
 def _fmt(v: object) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
@@ -102,14 +115,21 @@ def main() -> None:
     parser.add_argument("--cpu_batch", type=int, default=2)
     parser.add_argument("--cuda_batch", type=int, nargs="+", default=[2, 32])
     parser.add_argument("--steps", type=int, default=2, help="timed steps per configuration (median reported)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    for name in ("num_frames", "resolution", "num_slots", "num_instance"):
+        parser.add_argument(f"--{name}", type=int, default=UPSTREAM[name])
+    parser.add_argument("--json", default="", help="append each row as a JSON line to this file")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)  # the random-init warning is expected here
+    model = {**UPSTREAM, **{k: getattr(args, k) for k in ("num_frames", "resolution", "num_slots", "num_instance")}}
 
-    rows = [bench_step(torch.device("cpu"), args.cpu_batch, args.steps)]
+    rows = [bench_step(torch.device("cpu"), args.cpu_batch, args.steps, model, args.warmup)] if args.cpu_batch else []
     if torch.cuda.is_available():
-        rows += [bench_step(torch.device("cuda"), b, args.steps) for b in args.cuda_batch]
-    print(f"## SMTC train step (4 frames, 256^2, 16 slots x 4 instances, torch threads {torch.get_num_threads()})\n")
-    print(_table(rows))
+        rows += [bench_step(torch.device("cuda"), b, args.steps, model, args.warmup) for b in args.cuda_batch]
+    _save(args.json, "smtc_step", rows)
+    print(f"## SMTC train step ({model['num_frames']} frames, {model['resolution']}^2, {model['num_slots']} slots x "
+          f"{model['num_instance']} instances, torch threads {torch.get_num_threads()})\n")
+    print(_table(rows) if rows else "(no device row: --cpu_batch 0 and no GPU)")
     print("\n## Batched Hungarian vs scipy linear_sum_assignment loop (one upstream step, P = 4)\n")
     threads = torch.get_num_threads()
     rows = []
@@ -119,6 +139,7 @@ def main() -> None:
     torch.set_num_threads(threads)
     if torch.cuda.is_available():
         rows.append(bench_matching(torch.device("cuda")))
+    _save(args.json, "matching", rows)
     print(_table(rows))
 
 

@@ -9,6 +9,9 @@ Inference: `propagate_video` on a synthetic 480x854 video with 2 objects (mem_ev
 
     python bench/stmae_step.py                 # CPU: batch 1, 1 step, 6-frame video (a few minutes)
     python bench/stmae_step.py --device cuda   # batch 1 2 8, 20-frame video
+
+--num_frames/--num_ref_frames/--size/--video_size shrink the run (the CPU smoke run of bench/gpu_check.sh);
+--json appends every row as one JSON line.
 """
 from __future__ import annotations
 
@@ -48,11 +51,12 @@ def synthetic_batch(b: int, t: int, s: int, k: int, device: torch.device) -> dic
 
 def train_row(variant: str, batch: int, args: argparse.Namespace) -> dict[str, float]:
     device = torch.device(args.device)
-    cfg = STMAEConfig(num_frames=8, num_ref_frames=3, max_objects=3, crop=args.size, batch_size=batch, steps=1000)
+    cfg = STMAEConfig(num_frames=args.num_frames, num_ref_frames=args.num_ref_frames, max_objects=3, crop=args.size,
+                      batch_size=batch, steps=1000)
     task = STMAETask(cfg, device)
     if variant == "upstream":
         task.recon = EncodeAllWithGrad(task.model)
-    data = synthetic_batch(batch, 8, args.size, 3, device)
+    data = synthetic_batch(batch, args.num_frames, args.size, 3, device)
     for step in range(args.warmup):
         task.train_step(data, step)
     if device.type == "cuda":
@@ -74,17 +78,19 @@ def train_row(variant: str, batch: int, args: argparse.Namespace) -> dict[str, f
 def inference_row(args: argparse.Namespace) -> dict[str, float]:
     device = torch.device(args.device)
     rng = np.random.default_rng(0)
-    frames = [rng.integers(0, 255, (480, 854, 3), dtype=np.uint8) for _ in range(args.video_frames)]
-    first = np.zeros((480, 854), np.uint8)
-    first[100:250, 100:300] = 1
-    first[260:420, 500:700] = 2
+    h, w = args.video_size
+    frames = [rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for _ in range(args.video_frames)]
+    first = np.zeros((h, w), np.uint8)  # two boxes, placed as on a 480 x 854 frame
+    first[h * 100 // 480:h * 250 // 480, w * 100 // 854:w * 300 // 854] = 1
+    first[h * 260 // 480:h * 420 // 480, w * 500 // 854:w * 700 // 854] = 2
     model = STMAE().to(device).eval()
     amp = device.type == "cuda"
-    propagate_video(model, frames[:2], {0: first}, device=device, amp=amp)  # warm-up
+    size = min(480, h)  # the shorter side frames are processed at
+    propagate_video(model, frames[:2], {0: first}, device=device, amp=amp, size=size)  # warm-up
     if device.type == "cuda":
         torch.cuda.synchronize()
     t0, c0 = time.perf_counter(), time.process_time()
-    propagate_video(model, frames, {0: first}, device=device, amp=amp)
+    propagate_video(model, frames, {0: first}, device=device, amp=amp, size=size)
     if device.type == "cuda":
         torch.cuda.synchronize()
     dt = time.perf_counter() - t0
@@ -96,9 +102,14 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batch", type=int, nargs="+", default=None, help="CPU: 1; CUDA: 1 2 8")
     p.add_argument("--size", type=int, default=384)
+    p.add_argument("--num_frames", type=int, default=8)
+    p.add_argument("--num_ref_frames", type=int, default=3)
+    p.add_argument("--video_size", type=int, nargs=2, default=[480, 854], metavar=("H", "W"))
+    p.add_argument("--json", default="", help="append each row as a JSON line to this file")
     p.add_argument("--steps", type=int, default=None, help="timed steps per row (CPU 1, CUDA 5)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (CPU 0, CUDA 2)")
     p.add_argument("--video_frames", type=int, default=None, help="CPU 6, CUDA 20")
+    p.add_argument("--variants", nargs="+", default=["upstream", "raytrain"], choices=("upstream", "raytrain"))
     p.add_argument("--worker", nargs=2, metavar=("VARIANT", "BATCH"), help=argparse.SUPPRESS)
     args = p.parse_args()
     cuda = args.device.startswith("cuda")
@@ -112,19 +123,20 @@ def main() -> None:
 
     rows = []
     for batch in args.batch:
-        for variant in ("upstream", "raytrain"):
+        for variant in args.variants:
             if cuda:
                 r = train_row(variant, batch, args)
                 torch.cuda.empty_cache()
             else:  # a fresh process per row: ru_maxrss is a process-lifetime peak
                 cmd = [sys.executable, __file__, "--device", args.device, "--size", str(args.size), "--steps",
-                       str(args.steps), "--warmup", str(args.warmup), "--worker", variant, str(batch)]
+                       str(args.steps), "--warmup", str(args.warmup), "--num_frames", str(args.num_frames),
+                       "--num_ref_frames", str(args.num_ref_frames), "--worker", variant, str(batch)]
                 r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
             rows.append((variant, batch, r))
     name = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} threads"
     mem = "peak GPU memory allocated" if cuda else "peak RSS"
-    print(f"\nSTMAE training step ({name}; 8 frames, 3 references, {args.size}^2, 3 objects"
-          f"{', bf16' if cuda else ', fp32'}; {args.steps} timed step(s) after {args.warmup} warm-up)\n")
+    print(f"\nSTMAE training step ({name}; {args.num_frames} frames, {args.num_ref_frames} references, {args.size}^2, "
+          f"3 objects{', bf16' if cuda else ', fp32'}; {args.steps} timed step(s) after {args.warmup} warm-up)\n")
     print(f"| encoding | batch | s/step | CPU s/step | clips/s | {mem} (GiB) | speed vs upstream | "
           "memory vs upstream |")
     print("|---|---|---|---|---|---|---|---|")
@@ -132,11 +144,20 @@ def main() -> None:
     for variant, batch, r in rows:
         label = ("upstream: all frames with autograd" if variant == "upstream"
                  else "raytrain: frame 0 + refs with autograd")
+        ref = base.get(batch, r)  # without the upstream row: against itself
         print(f"| {label} | {batch} | {r['s_per_step']:.3f} | {r['cpu_s_per_step']:.1f} | {r['clips_per_s']:.3f} | "
-              f"{r['peak_gib']:.2f} | {r['clips_per_s'] / base[batch]['clips_per_s']:.2f}x | "
-              f"{r['peak_gib'] / base[batch]['peak_gib']:.2f}x |")
+              f"{r['peak_gib']:.2f} | {r['clips_per_s'] / ref['clips_per_s']:.2f}x | "
+              f"{r['peak_gib'] / ref['peak_gib']:.2f}x |")
     inf = inference_row(args)
-    print(f"\nSTMAE inference ({name}; 480x854, {args.video_frames} frames, 2 objects, mem_every 5, top-k 30"
+    if args.json:
+        with open(args.json, "a") as f:
+            for variant, batch, r in rows:
+                f.write(json.dumps({"bench": "stmae_step", "device": name, "variant": variant, "batch": batch,
+                                    "size": args.size, "num_frames": args.num_frames, **r}) + "\n")
+            f.write(json.dumps({"bench": "stmae_inference", "device": name, "height": args.video_size[0],
+                                "width": args.video_size[1], "frames": args.video_frames, "amp": cuda, **inf}) + "\n")
+    print(f"\nSTMAE inference ({name}; {args.video_size[0]}x{args.video_size[1]}, {args.video_frames} frames, "
+          "2 objects, mem_every 5, top-k 30"
           f"{', bf16' if cuda else ', fp32'})\n")
     print("| frames | seconds | CPU s | frames/s |\n|---|---|---|---|")
     print(f"| {args.video_frames} | {inf['s']:.2f} | {inf['cpu_s']:.1f} | {inf['frames_per_s']:.3f} |")

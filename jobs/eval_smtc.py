@@ -3,6 +3,7 @@
 import sys
 
 from raytrain.cli.evaluate import main_smtc
+from shards.errors import run_cli
 
 if __name__ == "__main__":
-    main_smtc(sys.argv[1:])
+    sys.exit(run_cli(main_smtc))

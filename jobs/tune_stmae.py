@@ -1,8 +1,10 @@
 """Sweep STMAE hyper-parameters with Ray Tune (ASHA): `python jobs/tune_stmae.py --help`, or
 `ray job submit --working-dir . -- python jobs/tune_stmae.py ...`. No --data: a tiny sweep on synthetic data."""
 import sys
+from functools import partial
 
 from raytrain.cli.sweep import main
+from shards.errors import run_cli
 
 if __name__ == "__main__":
-    main("stmae", sys.argv[1:])
+    sys.exit(run_cli(partial(main, "stmae")))

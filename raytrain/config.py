@@ -5,7 +5,8 @@ defaults are the upstream defaults (reference/smtc.md, reference/stmae.md). The 
 overrides a job applies on the built-in synthetic default run (no `--data`), for fields the user did not set.
 
 - training: `RunConfig` (shared) -> `SMTCConfig`, `STMAEConfig`
-- evaluation: `EvalConfig` (shared) -> `EvalSMTCConfig`, `EvalSTMAEConfig`
+- evaluation: `EvalConfig` (shared) -> `EvalSMTCConfig`, `EvalSTMAEConfig`; `ScoreConfig` (scoring a results
+  folder)
 - sweeps: `SweepOptions` + a training config -> `SMTCSweepConfig`, `STMAESweepConfig`
 """
 from __future__ import annotations
@@ -14,7 +15,9 @@ import argparse
 import dataclasses
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence, TypeVar
+from typing import Any, Callable, Optional, Sequence, TypeVar
+
+from shards.errors import DEBUG_HELP, UsageError
 
 T = TypeVar("T")
 
@@ -45,10 +48,14 @@ class RunConfig:
     seed: int = flag(0, "seed for sampling, augmentation and initialisation")
     clips_per_video: int = flag(4, "clips cut from each video every time its shard is read")
     decode_workers: int = flag(0, "parallel decode tasks per training worker (0: Ray Data decides)")
+    decode: str = flag("cpu", "where training frames are decoded: cpu (in the data tasks) | gpu (the data tasks ship "
+                              "the JPEG bytes; the training worker decodes them in batches on its device; SMTC only)")
     grad_clip: float = flag(0.0, "max gradient norm (0: no clipping)")
     val_data: str = flag("", "DAVIS-layout folder to validate on at every checkpoint (J&F on a few videos)")
     val_videos: int = flag(3, "validation videos (the first ones of the val split)")
     verbose: bool = flag(False, "show Ray Train's and Ray Data's own INFO lines from the workers")
+    allow_config_change: bool = flag(False, "resume a run although flags that change what it trains differ from "
+                                            "its checkpoint's (the exact resume is lost)")
 
 
 @dataclass
@@ -97,7 +104,7 @@ class STMAEConfig(RunConfig):
 
     def __post_init__(self) -> None:
         if len(self.max_skip) != len(self.max_skip_at):
-            raise ValueError("--max_skip and --max_skip_at need the same number of values")
+            raise UsageError("--max_skip and --max_skip_at need the same number of values")
 
 
 TRAIN_CONFIGS: dict[str, type[RunConfig]] = {"smtc": SMTCConfig, "stmae": STMAEConfig}
@@ -161,6 +168,23 @@ class EvalSTMAEConfig(EvalConfig):
     top_k: int = flag(30, "top-k memory readout (<= 0: full softmax)")
     size: int = flag(480, "shorter side the frames are resized to (<= 0: original size)")
     amp: bool = flag(True, "bf16 autocast on GPUs")
+    max_mem_frames: int = flag(0, "memory frames kept besides frame 0 and the frames with given masks: the newest "
+                                  "K (0: unbounded, as upstream)")
+
+
+@dataclass
+class ScoreConfig:
+    """Score a folder of result PNGs against DAVIS-2017 ground truth (the official toolkit's protocols)."""
+
+    davis: str = flag("", "DAVIS root with ImageSets/ and Annotations[_unsupervised]/480p (path or URI)")
+    results: str = flag("", "results folder: <sequence>/<frame>.png id maps (path or URI)")
+    task: str = flag("semi", "semi | unsup (or semi-supervised | unsupervised)")
+    set: str = flag("val", "ImageSets list: train | val | test-dev | test-challenge")
+    sequences: str = flag("", "comma-separated sequences to score instead of the whole set")
+    num_workers: int = flag(0, "Ray workers, one CPU and one sequence at a time each (1: in this process; 0: one "
+                               "per CPU of the Ray cluster when running on one, as under ray job submit, else 1)")
+    out: str = flag("", "where the CSV files go (default: the results folder)")
+    max_proposals: int = flag(20, "unsupervised: most proposals per sequence")
 
 
 SMALL_EVAL_SMTC = dict(height=96, width=160)
@@ -253,7 +277,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
 
 def parse(cls: type[T], argv: Sequence[str] | None = None, description: str | None = None) -> T:
     """Parse `argv` into an instance of the config dataclass `cls`."""
-    parser = argparse.ArgumentParser(description=description or cls.__doc__, allow_abbrev=False,
+    parser = argparse.ArgumentParser(description=description or cls.__doc__, allow_abbrev=False, epilog=DEBUG_HELP,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_arguments(parser, cls)
     return cls(**vars(parser.parse_args(argv)))
@@ -288,3 +312,123 @@ def from_dict(cls: type[T], d: dict[str, Any]) -> T:
     """Build `cls` from a dict, ignoring keys that are not fields (e.g. Tune bookkeeping)."""
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in d.items() if k in names})
+
+
+# --------------------------------------------------------------------------------------------- range checks
+
+Rule = tuple[str, Callable[[Any], bool], str]  # (field, valid?, what a valid value is)
+
+
+def _at_least(n: float) -> Callable[[Any], bool]:
+    return lambda v: v >= n
+
+
+def _fraction(v: float) -> bool:
+    return 0.0 <= v <= 1.0
+
+
+def _patches(v: int) -> bool:
+    return v >= 32 and v % 16 == 0
+
+
+_POSITIVE = (lambda v: v > 0, "positive")
+_RULES: dict[type, list[Rule]] = {
+    RunConfig: [
+        ("num_workers", _at_least(1), "at least 1 (0 would train in Ray's local mode, whose checkpoints are "
+                                      "never persisted)"),
+        ("cpus_per_worker", *_POSITIVE), ("steps", _at_least(1), "at least 1"),
+        ("checkpoint_every", _at_least(1), "at least 1"), ("log_every", _at_least(1), "at least 1"),
+        ("max_failures", _at_least(0), "at least 0"), ("seed", _at_least(0), "at least 0"),
+        ("clips_per_video", _at_least(1), "at least 1"), ("decode_workers", _at_least(0), "at least 0"),
+        ("grad_clip", _at_least(0), "at least 0"), ("val_videos", _at_least(1), "at least 1"),
+        ("decode", lambda v: v in ("cpu", "gpu"), "cpu or gpu"),
+    ],
+    SMTCConfig: [
+        ("num_slots", _at_least(1), "at least 1"), ("num_instance", _at_least(1), "at least 1"),
+        ("num_iterations", _at_least(1), "at least 1"), ("num_frames", _at_least(2), "at least 2"),
+        ("gap", _at_least(1), "at least 1"), ("lr", *_POSITIVE), ("weight_decay", _at_least(0), "at least 0"),
+        ("grad_iter", _at_least(0), "at least 0"), ("batch_size", _at_least(1), "at least 1"),
+        ("resolution", _patches, "a multiple of 16, at least 32"), ("ema_momentum", _fraction, "in [0, 1]"),
+        ("drop_path", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ],
+    STMAEConfig: [
+        ("num_frames", _at_least(2), "at least 2"), ("num_ref_frames", _at_least(1), "at least 1"),
+        ("max_objects", _at_least(1), "at least 1"), ("batch_size", _at_least(1), "at least 1"),
+        ("lr", *_POSITIVE), ("weight_decay", _at_least(0), "at least 0"), ("lr_decay_at", _fraction, "in [0, 1]"),
+        ("crop", _patches, "a multiple of 16, at least 32"),
+        ("max_skip", lambda v: all(s >= 1 for s in v), "at least 1 each"),
+        ("max_skip_at", lambda v: all(map(_fraction, v)), "in [0, 1] each"), ("finetune_at", _fraction, "in [0, 1]"),
+        ("decode", lambda v: v == "cpu", "cpu for STMAE (its clips are cropped and augmented per clip on the CPU; "
+                                         "--decode gpu is for SMTC)"),
+    ],
+    EvalConfig: [
+        ("videos", _at_least(0), "at least 0"), ("seed", _at_least(0), "at least 0"),
+        ("num_actors", _at_least(0), "at least 0"), ("cpus_per_actor", *_POSITIVE),
+        ("overlays", _at_least(0), "at least 0"),
+    ],
+    EvalSMTCConfig: [
+        ("height", _at_least(16), "at least 16"), ("width", _at_least(16), "at least 16"),
+        ("window", _at_least(1), "at least 1"), ("iters", _at_least(1), "at least 1"),
+        ("max_proposals", _at_least(1), "at least 1"), ("num_slots", _at_least(1), "at least 1"),
+        ("num_instance", _at_least(1), "at least 1"), ("resolution", _patches, "a multiple of 16, at least 32"),
+    ],
+    EvalSTMAEConfig: [
+        ("mem_every", _at_least(1), "at least 1"), ("max_mem_frames", _at_least(0), "at least 0"),
+    ],
+    SweepOptions: [
+        ("num_samples", _at_least(1), "at least 1"), ("mode", lambda v: v in ("max", "min"), "max or min"),
+        ("grace_steps", _at_least(0), "at least 0"), ("reduction_factor", lambda v: v > 1, "more than 1"),
+        ("max_concurrent_trials", _at_least(0), "at least 0"), ("trial_failures", _at_least(0), "at least 0"),
+        ("lr", lambda v: len(v) in (1, 2), "one value (fixed) or two (the log-uniform range)"),
+    ],
+}
+
+
+def flag_problems(cfg: Any) -> list[str]:
+    """Every flag of `cfg` whose value is out of range, as `--flag must be ..., got ...`. A sweep's searched
+    flags are checked value by value, against the training job's rule."""
+    searched: tuple[str, ...] = ()
+    if isinstance(cfg, SweepOptions):
+        searched = SEARCHED["smtc" if isinstance(cfg, SMTCConfig) else "stmae"]
+    problems: list[str] = []
+    names = {f.name for f in dataclasses.fields(cfg)}
+    for cls in reversed(type(cfg).__mro__):
+        for name, ok, text in _RULES.get(cls, []):
+            if name not in names:
+                continue
+            value = getattr(cfg, name)
+            sweep_rule = cls is SweepOptions
+            for v in (value if name in searched and not sweep_rule else [value]):
+                if not ok(v):
+                    problems.append(f"--{name} must be {text}, got {v!r}")
+    return list(dict.fromkeys(problems))
+
+
+def check_flags(cfg: Any) -> None:
+    """Refuse `cfg` when a flag is out of range (UsageError naming every such flag)."""
+    problems = flag_problems(cfg)
+    if problems:
+        raise UsageError("; ".join(problems))
+
+
+# Flags a resumed run may change: where it runs and logs, and the initial weights (a resume loads the
+# checkpoint's). `steps` may grow or shrink: the lr schedule and the STMAE curriculum follow the new value.
+RESUME_FREE = frozenset({"name", "storage_path", "use_gpu", "cpus_per_worker", "checkpoint_every", "log_every",
+                         "max_failures", "decode_workers", "decode", "val_data", "val_videos", "verbose",
+                         "allow_config_change", "steps", "dino_path", "resnet50_path", "resnet18_path"})
+
+
+def config_changes(saved: dict[str, Any], cfg: Any) -> list[str]:
+    """`--flag saved -> now` for each flag of `cfg` outside RESUME_FREE that differs from a checkpoint's saved
+    config (a flag the saved config lacks is compared with its default)."""
+    changes = []
+    for f in dataclasses.fields(cfg):
+        if f.name in RESUME_FREE:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        old, new = saved.get(f.name, default), getattr(cfg, f.name)
+        if isinstance(old, (list, tuple)) and isinstance(new, (list, tuple)):
+            old, new = list(old), list(new)
+        if old != new:
+            changes.append(f"--{f.name} {old!r} -> {new!r}")
+    return changes

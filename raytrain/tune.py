@@ -40,24 +40,36 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import BasicVariantGenerator
 
-from raytrain.config import LOG_UNIFORM, SEARCHED, TRAIN_CONFIGS, SweepOptions, from_dict, to_dict
+from raytrain.config import LOG_UNIFORM, SEARCHED, TRAIN_CONFIGS, SweepOptions, check_flags, from_dict, to_dict
 from raytrain.eval.validate import validate
 from raytrain.runtime import run_dir
 from raytrain.train.loop import make_trainer
+from shards.errors import UsageError, UserError, find_user_error
 from shards.layout import resolve
 
 
 def check(cfg: Any, job: str) -> None:
+    """Refuse a sweep whose flags (every searched value too) are out of range or do not go together."""
     if cfg.mode not in ("max", "min"):
-        raise ValueError(f"--mode must be max or min, got {cfg.mode!r}")
+        raise UsageError(f"--mode must be max or min, got {cfg.mode!r}")
     if cfg.metric.startswith("val_") and not cfg.val_data:
-        raise ValueError(f"--metric {cfg.metric} is only reported with --val_data (or use --metric loss --mode min)")
+        raise UsageError(f"--metric {cfg.metric} is only reported with --val_data (or use --metric loss --mode min)")
     if cfg.num_samples < 1:
-        raise ValueError(f"--num_samples must be at least 1, got {cfg.num_samples}")
+        raise UsageError(f"--num_samples must be at least 1, got {cfg.num_samples}")
     for name in SEARCHED[job]:
         values = getattr(cfg, name)
         if name in LOG_UNIFORM and not (len(values) in (1, 2) and all(v > 0 for v in values)):
-            raise ValueError(f"--{name}: one positive value (fixed) or two (log-uniform range), got {values}")
+            raise UsageError(f"--{name}: one positive value (fixed) or two (log-uniform range), got {values}")
+    check_flags(cfg)
+
+
+def trial_configs(cfg: Any, job: str) -> list[Any]:
+    """One training config per searched value (the other searched flags at their first value): together they
+    hold every value a trial can get, for the driver to check before trials start."""
+    base = trial_config(cfg, job)
+    first = {name: getattr(cfg, name)[0] for name in SEARCHED[job]}
+    return [from_dict(TRAIN_CONFIGS[job], {**base, **first, name: value})
+            for name in SEARCHED[job] for value in getattr(cfg, name)]
 
 
 def search_space(cfg: Any, job: str) -> dict[str, Any]:
@@ -250,4 +262,14 @@ def run_sweep(job: str, cfg: Any) -> tuple[ray.tune.ResultGrid, dict[str, Any] |
     """Run (or restore and finish) the sweep; print and save its summary. Ray must be initialised."""
     check(cfg, job)
     results = make_tuner(job, cfg).fit()
-    return results, summarize(results, job, cfg)
+    best = summarize(results, job, cfg)
+    rows = trial_rows(results, job, cfg.metric, cfg.steps)
+    statuses = {r["status"] for r in rows}
+    if not statuses & {"done", "early-stopped", "unfinished"}:  # an interrupted sweep is resumed, not failed
+        storage, name = sweep_dir(cfg, job)
+        errors = [r["trial"] for r in rows if r["status"] == "error"]
+        first = next((find_user_error(e) for e in results.errors if find_user_error(e) is not None), None)
+        raise UserError(f"sweep {posixpath.join(storage, name)}: no trial finished ({len(errors)} of {len(rows)} "
+                        f"failed; each failed trial's folder holds its error.txt)"
+                        + (f"; first error: {first}" if first is not None else ""))
+    return results, best

@@ -5,11 +5,13 @@ import argparse
 import sys
 
 from .check import check
+from .errors import DEBUG_HELP, run_cli
 from .pack import pack
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m shards", description="WebDataset shards of VOS datasets")
+    p = argparse.ArgumentParser(prog="python -m shards", description="WebDataset shards of VOS datasets",
+                                epilog=DEBUG_HELP)
     sub = p.add_subparsers(dest="command", required=True)
     pk = sub.add_parser("pack", help="pack one split of a DAVIS/YouTube-VOS folder into tar shards")
     pk.add_argument("--src", required=True, help="dataset folder or URI")
@@ -39,4 +41,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main, prog="python -m shards"))

@@ -1,7 +1,8 @@
 """The built-in synthetic data sets of the default runs, generated on first use into the cache
 (`$RAYTRAIN_CACHE`, default `~/.cache/raytrain`) and reused after that.
 
-- `synthetic_shards(layout, split)`: a YouTube-VOS- or DAVIS-layout set, packed into shards (training).
+- `synthetic_videos(layout)`: a YouTube-VOS- or DAVIS-layout set; `synthetic_shards(layout, split)`: one of
+  its splits packed into shards (training). The training jobs validate on the val split of the DAVIS one.
 - `synthetic_davis` / `synthetic_vos`: small DAVIS-2016/2017 and YouTube-VOS roots (evaluation).
 - `synthetic_val`: a DAVIS-layout root whose val split the training jobs validate on.
 
@@ -38,22 +39,33 @@ def _once(root: Path, make: Callable[[Path], Any]) -> str:
     return str(root)
 
 
+# The default runs' sets: 12 train and 4 val videos of 16 frames, 128 px high (small enough that validating
+# STMAE on the CPU at every checkpoint takes seconds, not minutes).
+SYNTHETIC_SET = dict(num_videos=16, num_frames=16, height=128, num_val=4)
+
+
+def synthetic_videos(layout: str, seed: int = 0) -> str:
+    """A small synthetic `layout` set (`SYNTHETIC_SET`)."""
+    write = write_davis if layout == "davis" else write_ytvos
+    return _once(cache_dir() / f"{layout}-{SYNTHETIC_SET['height']}p-s{seed}" / "videos",
+                 lambda p: write(p, seed=seed, **SYNTHETIC_SET))
+
+
 def synthetic_shards(layout: str, split: str, seed: int = 0) -> str:
-    """Shards of a small synthetic `layout` set (12 videos x 24 frames, 240 px high), packed on first use.
+    """The `split` of `synthetic_videos(layout, seed)`, packed into shards on first use.
 
     A cached set packed by an older version is re-indexed (its shards are kept).
     """
-    root = cache_dir() / f"{layout}-s{seed}"
-    out = root / "shards"
+    videos = synthetic_videos(layout, seed)
+    out = Path(videos).parent / "shards"
     try:
         read_index(str(out))
         return str(out)
     except FileNotFoundError:
-        write = write_davis if layout == "davis" else write_ytvos
-        _once(root / "videos", lambda p: write(p, num_videos=12, num_frames=24, height=240, seed=seed, num_val=4))
+        pass
     except ValueError as e:  # packed by an older version
         print(f"re-indexing {out}: {e}", flush=True)
-    pack(str(root / "videos"), str(out), layout=layout, split=split)
+    pack(videos, str(out), layout=layout, split=split)
     return str(out)
 
 

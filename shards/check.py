@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 import pyarrow.fs as pafs
 from PIL import Image
 
+from .errors import UserError
 from .layout import resolve
 from .pack import INDEX, read_index
+from .progress import Progress
 
 MAX_LISTED = 10  # missing members listed per shard before summing up the rest
 
@@ -127,7 +129,7 @@ def check(out: str, workers: int | None = None) -> Report:
     fs, folder = resolve(out)
     try:
         table = read_index(out)
-    except FileNotFoundError as e:
+    except UserError as e:  # missing, unreadable or not an index
         report.problems.append(str(e))
         return report
     shards: dict[str, list[dict]] = {}
@@ -137,8 +139,10 @@ def check(out: str, workers: int | None = None) -> Report:
     for info in fs.get_file_info(pafs.FileSelector(folder)):
         if info.base_name.endswith(".tar") and info.base_name not in shards:
             report.problems.append(f"{info.base_name}: shard not listed in {INDEX}")
-    with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
+    with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool, \
+            Progress(len(shards), "check", unit="shard") as bar:
         for read, problems in pool.map(lambda s: _check_shard(fs, folder, s, shards[s]), shards):
             report.members += read
             report.problems += problems
+            bar.update()
     return report

@@ -22,7 +22,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow.fs as pafs
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
+
+from .errors import NotFound, UserError
 
 LAYOUTS = ("davis", "ytvos")
 YTVOS_SPLITS = ("train", "valid", "test", "valid_all_frames")
@@ -64,13 +66,13 @@ def detect_layout(root: str) -> str:
     """'davis' or 'ytvos' from the folder structure; ValueError naming `root` when it is neither."""
     fs, base = resolve(root)
     if not _is_dir(fs, base):
-        raise FileNotFoundError(f"{root}: no such folder")
+        raise NotFound(f"{root}: no such folder")
     if _is_dir(fs, posixpath.join(base, "JPEGImages", "480p")):
         return "davis"
     if any(_is_dir(fs, posixpath.join(base, s, "JPEGImages")) for s in YTVOS_SPLITS):
         return "ytvos"
-    raise ValueError(f"{root}: not a DAVIS-2017 or YouTube-VOS folder (expected JPEGImages/480p/<sequence>/ "
-                     f"or train|valid/JPEGImages/<video>/ inside it)")
+    raise UserError(f"{root}: not a DAVIS-2017 or YouTube-VOS folder (expected JPEGImages/480p/<sequence>/ "
+                    f"or train|valid/JPEGImages/<video>/ inside it)")
 
 
 def canonical_split(layout: str, split: str) -> str:
@@ -97,13 +99,24 @@ def _read(fs: pafs.FileSystem, path: str) -> bytes:
         return f.read()
 
 
+def image_problem(e: Exception) -> str:
+    """Why PIL could not read an image, without the repr of the stream it was given."""
+    return "not an image file PIL can read" if isinstance(e, UnidentifiedImageError) else str(e)
+
+
 def _size(fs: pafs.FileSystem, path: str) -> tuple[int, int]:
-    with fs.open_input_file(path) as f:
-        return Image.open(f).size
+    try:
+        with fs.open_input_file(path) as f:
+            return Image.open(f).size
+    except (OSError, SyntaxError, ValueError) as e:
+        raise UserError(f"{path}: cannot read the frame ({image_problem(e)})") from None
 
 
 def _ids(fs: pafs.FileSystem, path: str) -> set[int]:
-    ids = np.unique(np.asarray(Image.open(io.BytesIO(_read(fs, path)))))
+    try:
+        ids = np.unique(np.asarray(Image.open(io.BytesIO(_read(fs, path)))))
+    except (OSError, SyntaxError, ValueError) as e:
+        raise UserError(f"{path}: cannot read the annotation ({image_problem(e)})") from None
     return {int(i) for i in ids if 0 < i < 255}
 
 
@@ -122,12 +135,12 @@ def _davis(fs: pafs.FileSystem, base: str, root: str, split: str, unsupervised: 
     else:
         listing = posixpath.join(base, "ImageSets", "2017", f"{split}.txt")
         if fs.get_file_info(listing).type != pafs.FileType.File:
-            raise FileNotFoundError(f"{root}: split {split!r} needs {listing}, which does not exist")
+            raise NotFound(f"{root}: split {split!r} needs {listing}, which does not exist")
         names = sorted({n.strip() for n in _read(fs, listing).decode().splitlines() if n.strip()})
         absent = [n for n in names if n not in jpegs]
         if absent:
-            raise FileNotFoundError(f"{listing} lists sequences without frames in "
-                                    f"{posixpath.join(base, 'JPEGImages', '480p')}: {', '.join(absent[:5])}")
+            raise NotFound(f"{listing} lists sequences without frames in "
+                           f"{posixpath.join(base, 'JPEGImages', '480p')}: {', '.join(absent[:5])}")
 
     def objects(name: str) -> dict[int, str]:
         frames = anns.get(name)
@@ -142,11 +155,11 @@ def _davis(fs: pafs.FileSystem, base: str, root: str, split: str, unsupervised: 
 def _ytvos(fs: pafs.FileSystem, base: str, root: str, split: str
            ) -> tuple[list[str], dict, dict, dict[str, dict[int, str]]]:
     if split not in YTVOS_SPLITS:
-        raise ValueError(f"{root}: unknown YouTube-VOS split {split!r} (one of {', '.join(YTVOS_SPLITS)})")
+        raise UserError(f"{root}: unknown YouTube-VOS split {split!r} (one of {', '.join(YTVOS_SPLITS)})")
     ann_split = "valid" if split == "valid_all_frames" else split
     jpeg_dir = posixpath.join(base, split, "JPEGImages")
     if not _is_dir(fs, jpeg_dir):
-        raise FileNotFoundError(f"{root}: split {split!r} needs the folder {jpeg_dir}, which does not exist")
+        raise NotFound(f"{root}: split {split!r} needs the folder {jpeg_dir}, which does not exist")
     jpegs = _files(fs, jpeg_dir, ".jpg")
     anns = _files(fs, posixpath.join(base, ann_split, "Annotations"), ".png")
     names = sorted(jpegs)
@@ -157,8 +170,8 @@ def _ytvos(fs: pafs.FileSystem, base: str, root: str, split: str
             objects = {v: {int(k): o["category"] for k, o in meta.get(v, {}).get("objects", {}).items()}
                        for v in names}
         except (ValueError, KeyError, TypeError, AttributeError) as e:
-            raise ValueError(f"{meta_path}: not a YouTube-VOS meta.json "
-                             f'({{"videos": {{vid: {{"objects": {{"1": {{"category": ...}}}}}}}}}}): {e!r}') from e
+            raise UserError(f"{meta_path}: not a YouTube-VOS meta.json "
+                            f'({{"videos": {{vid: {{"objects": {{"1": {{"category": ...}}}}}}}}}}): {e!r}') from e
     else:
         def union(name: str) -> dict[int, str]:
             ids = set().union(*(_ids(fs, p) for p, _ in anns.get(name, {}).values()))
@@ -176,10 +189,10 @@ def list_videos(root: str, layout: str | None = None, split: str = "train", *,
     """
     layout = layout or detect_layout(root)
     if layout not in LAYOUTS:
-        raise ValueError(f"unknown layout {layout!r} (one of {', '.join(LAYOUTS)})")
+        raise UserError(f"unknown layout {layout!r} (one of {', '.join(LAYOUTS)})")
     fs, base = resolve(root)
     if not _is_dir(fs, base):
-        raise FileNotFoundError(f"{root}: no such folder")
+        raise NotFound(f"{root}: no such folder")
     split = canonical_split(layout, split)
     if layout == "davis":
         names, jpegs, anns, objects = _davis(fs, base, root, split, unsupervised)

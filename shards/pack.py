@@ -12,14 +12,20 @@ name in the output folder and then moved into place. Re-running the same job kee
 writes only the missing ones (it re-reads the kept shards to index them); a different plan for the same folder
 is refused. `index.parquet` (one row per video, see `SCHEMA`) is written last. Input and output may be local
 paths or pyarrow.fs URIs (s3://...).
+
+A pack holds the lock file `.pack.lock` (its pid, host and run id) in the output folder while it runs, and a
+second pack into the same folder is refused. Temporary names carry the run id (`.<name>.tmp-<run>`): a pack
+deletes only its own, and those of a dead pack whose lock it takes over. Every error names the file or shard.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import posixpath
 import re
+import socket
 import sys
 import tarfile
 import uuid
@@ -31,10 +37,14 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from PIL import Image
 
-from .layout import Video, canonical_split, detect_layout, list_videos, resolve
+from .errors import NotFound, UsageError, UserError
+from .layout import Video, canonical_split, detect_layout, image_problem, list_videos, resolve
+from .progress import Progress
 
 INDEX = "index.parquet"
 PLAN = "plan.json"
+LOCK = ".pack.lock"
+STALL_S = 120.0  # a message when no shard task finished for this long (e.g. a cluster without free CPUs)
 JPEG_QUALITY = 90
 SCHEMA = pa.schema([
     ("shard", pa.string()),                # file name relative to the output folder
@@ -65,10 +75,10 @@ def parse_size(size: str | int) -> int:
     else:
         m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]i?)?b?\s*", size.lower())
         if not m:
-            raise ValueError(f"--shard-size: cannot read {size!r} (examples: 200MB, 1GB, 512MiB)")
+            raise UsageError(f"--shard-size: cannot read {size!r} (examples: 200MB, 1GB, 512MiB)")
         value = int(float(m[1]) * _UNITS[m[2] or ""])
     if value <= 0:
-        raise ValueError(f"--shard-size must be positive, got {size!r}")
+        raise UsageError(f"--shard-size must be positive, got {size!r}")
     return value
 
 
@@ -86,17 +96,20 @@ def plan_shards(videos: list[Video], target_bytes: int, prefix: str) -> list[tup
     return [(f"{prefix}-{i:06d}.tar", g) for i, g in enumerate(groups)]
 
 
-def _resized(data: bytes, short: int, is_mask: bool) -> bytes:
-    img = Image.open(io.BytesIO(data))
-    w, h = img.size
-    if min(w, h) <= short:
-        return data
-    size = (short, round(h * short / w)) if w < h else (round(w * short / h), short)
-    buf = io.BytesIO()
-    if is_mask:
-        img.resize(size, Image.NEAREST).save(buf, "PNG")
-    else:
-        img.convert("RGB").resize(size, Image.BICUBIC).save(buf, "JPEG", quality=JPEG_QUALITY)
+def _resized(data: bytes, short: int, is_mask: bool, path: str) -> bytes:
+    try:
+        img = Image.open(io.BytesIO(data))
+        w, h = img.size
+        if min(w, h) <= short:
+            return data
+        size = (short, round(h * short / w)) if w < h else (round(w * short / h), short)
+        buf = io.BytesIO()
+        if is_mask:
+            img.resize(size, Image.NEAREST).save(buf, "PNG")
+        else:
+            img.convert("RGB").resize(size, Image.BICUBIC).save(buf, "JPEG", quality=JPEG_QUALITY)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise UserError(f"{path}: cannot decode it to resize it ({image_problem(e)})") from None
     return buf.getvalue()
 
 
@@ -105,10 +118,12 @@ def _sample(video: Video, layout: str, split: str, resize_short: int | None) -> 
     members = []
     for frame, path in zip(video.frames, video.jpegs):
         data = video.read(path)
-        members.append((f"{video.id}.{frame}.jpg", _resized(data, resize_short, False) if resize_short else data))
+        members.append((f"{video.id}.{frame}.jpg",
+                        _resized(data, resize_short, False, path) if resize_short else data))
     for frame, path in video.annotations.items():
         data = video.read(path)
-        members.append((f"{video.id}.{frame}.png", _resized(data, resize_short, True) if resize_short else data))
+        members.append((f"{video.id}.{frame}.png",
+                        _resized(data, resize_short, True, path) if resize_short else data))
     if resize_short:
         width, height = Image.open(io.BytesIO(members[0][1])).size
     else:
@@ -140,10 +155,15 @@ def _tar_member(tar: tarfile.TarFile, name: str, data: bytes) -> int:
     return tar.offset - -(-len(data) // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE  # data is padded to blocks
 
 
+def _tmp(path: str, run: str) -> str:
+    """The temporary name of `path` while pack run `run` writes it (the run id tells whose leftover it is)."""
+    return posixpath.join(posixpath.dirname(path), f".{posixpath.basename(path)}.tmp-{run}")
+
+
 def write_shard(fs: pafs.FileSystem, folder: str, name: str, videos: list[Video], layout: str, split: str,
-                resize_short: int | None) -> list[dict]:
+                resize_short: int | None, run: str) -> list[dict]:
     """Write one shard atomically (temporary name in `folder`, then a move); return its index rows."""
-    tmp = posixpath.join(folder, f".{name}.tmp-{uuid.uuid4().hex}")
+    tmp = _tmp(posixpath.join(folder, name), run)
     rows = []
     try:
         with fs.open_output_stream(tmp, compression=None) as stream, \
@@ -182,35 +202,44 @@ def index_shard(fs: pafs.FileSystem, folder: str, name: str, expected: list[str]
     """Index rows of an existing shard, read from its tar; it must hold exactly the `expected` videos."""
     path = posixpath.join(folder, name)
     rows = []
-    for video, members in iter_samples(fs, path):
-        metas = [d for n, d, _ in members if n == f"{video}.json"]
-        if not metas:
-            raise ValueError(f"{path}: video {video} has no {video}.json member; delete the shard and re-pack")
-        rows.append(_row(name, json.loads(metas[0]), members))
+    try:
+        for video, members in iter_samples(fs, path):
+            metas = [d for n, d, _ in members if n == f"{video}.json"]
+            if not metas:
+                raise UserError(f"{path}: video {video} has no {video}.json member; delete the shard and re-pack")
+            rows.append(_row(name, json.loads(metas[0]), members))
+    except UserError:
+        raise
+    except (tarfile.TarError, EOFError, OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{path}: this shard, kept from an earlier run, is damaged ({type(e).__name__}: {e}); "
+                        f"delete it and run the same pack command again") from None
     found = [r["video"] for r in rows]
     if found != expected:
-        raise ValueError(f"{path} holds videos {found[:3]}... but the plan puts {expected[:3]}... in it; "
-                         f"delete the shard and re-pack")
+        raise UserError(f"{path} holds videos {found[:3]}... but the plan puts {expected[:3]}... in it; "
+                        f"delete the shard and re-pack")
     return rows
 
 
-def _atomic_write(fs: pafs.FileSystem, path: str, data: bytes) -> None:
-    tmp = posixpath.join(posixpath.dirname(path), f".{posixpath.basename(path)}.tmp-{uuid.uuid4().hex}")
+def _atomic_write(fs: pafs.FileSystem, path: str, data: bytes, run: str) -> None:
+    tmp = _tmp(path, run)
     with fs.open_output_stream(tmp, compression=None) as f:
         f.write(data)
     fs.move(tmp, path)
 
 
-def _save_plan(fs: pafs.FileSystem, folder: str, out: str, plan: dict) -> None:
+def _save_plan(fs: pafs.FileSystem, folder: str, out: str, plan: dict, run: str) -> None:
     path = posixpath.join(folder, PLAN)
     if fs.get_file_info(path).type == pafs.FileType.File:
-        with fs.open_input_stream(path, compression=None) as f:
-            old = json.loads(f.read())
+        try:
+            with fs.open_input_stream(path, compression=None) as f:
+                old = json.loads(f.read())
+        except (OSError, ValueError) as e:
+            raise UserError(f"{path}: unreadable ({e}); pack into an empty folder") from None
         if old != plan:
-            raise ValueError(f"{out} already holds shards of a different plan ({PLAN} differs: other videos, "
-                             f"--shard-size, --resize-short or --prefix); pack into an empty folder")
+            raise UserError(f"{out} already holds shards of a different plan ({PLAN} differs: other videos, "
+                            f"--shard-size, --resize-short or --prefix); pack into an empty folder")
         return
-    _atomic_write(fs, path, json.dumps(plan, indent=1).encode())
+    _atomic_write(fs, path, json.dumps(plan, indent=1).encode(), run)
 
 
 def _url(out: str, name: str) -> str:
@@ -222,12 +251,80 @@ def read_index(out: str) -> pa.Table:
     fs, folder = resolve(out)
     path = posixpath.join(folder, INDEX)
     if fs.get_file_info(path).type != pafs.FileType.File:
-        raise FileNotFoundError(f"{out}: no {INDEX} (not packed, or packing did not finish)")
-    table = pq.read_table(path, filesystem=fs)
+        raise NotFound(f"{out}: no {INDEX} (not packed, or packing did not finish)")
+    try:
+        table = pq.read_table(path, filesystem=fs)
+    except (pa.ArrowException, OSError) as e:
+        raise UserError(f"{path}: unreadable ({e}); run the same `python -m shards pack` again: it keeps the "
+                        f"shards and rewrites the index") from None
     if "offsets" not in table.column_names:
-        raise ValueError(f"{out}: {INDEX} was written by an older version without member offsets; run the same "
-                         f"`python -m shards pack` again: it keeps the shards and rewrites the index")
+        raise UserError(f"{out}: {INDEX} was written by an older version without member offsets; run the same "
+                        f"`python -m shards pack` again: it keeps the shards and rewrites the index")
+    missing = [c for c in SCHEMA.names if c not in table.column_names]
+    if missing:
+        raise UserError(f"{path}: not a shard index (no column {', '.join(missing)})")
     return table
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        pass
+    return True
+
+
+def _create(fs: pafs.FileSystem, path: str, data: bytes) -> bool:
+    """Create the file `path` holding `data` unless it exists (exclusive on a local disk; object stores have
+    no exclusive create, so there two packs starting in the same second could both get it)."""
+    if isinstance(fs, pafs.LocalFileSystem):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return True
+    if fs.get_file_info(path).type != pafs.FileType.NotFound:
+        return False
+    with fs.open_output_stream(path, compression=None) as f:
+        f.write(data)
+    return True
+
+
+def _owner(fs: pafs.FileSystem, path: str) -> dict:
+    """The pid, host and run id in a lock file ({} when it is gone or unreadable)."""
+    try:
+        with fs.open_input_stream(path, compression=None) as f:
+            owner = json.loads(f.read())
+        return owner if isinstance(owner, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+@contextlib.contextmanager
+def _locked(fs: pafs.FileSystem, folder: str, out: str) -> Iterator[tuple[str, str | None]]:
+    """Hold the lock file of the output folder for one pack run. Yields (this run's id, the id of the dead
+    run whose lock was taken over, or None); refuses a folder that a running pack holds."""
+    path = posixpath.join(folder, LOCK)
+    run, host = uuid.uuid4().hex[:16], socket.gethostname()
+    stale = None
+    while not _create(fs, path, json.dumps({"pid": os.getpid(), "host": host, "run": run}).encode()):
+        owner = _owner(fs, path)
+        pid = owner.get("pid")
+        if owner.get("host") != host or not isinstance(pid, int) or _alive(pid) or stale is not None:
+            where = f"pid {pid} on {owner.get('host')}" if owner else "unknown owner"
+            raise UserError(f"{out}: another pack is writing into this folder ({path}: {where}); wait for it to "
+                            f"finish, or delete that file if no pack is running")
+        stale = str(owner.get("run", ""))  # its pack died: take the lock over, its temp files are leftovers
+        fs.delete_file(path)
+    try:
+        yield run, stale or None
+    finally:
+        if _owner(fs, path).get("run") == run:
+            fs.delete_file(path)
 
 
 def shard_urls(out: str) -> list[str]:
@@ -249,47 +346,61 @@ def pack(src: str, out: str, layout: str | None = None, split: str = "train", *,
     split = canonical_split(layout, split)
     videos = list_videos(src, layout, split)
     if not videos:
-        raise ValueError(f"{src}: split {split!r} holds no videos")
+        raise UserError(f"{src}: split {split!r} holds no videos")
     dotted = [v.id for v in videos if "." in v.id]
     if dotted:
-        raise ValueError(f"{src}: video ids must not contain a dot (WebDataset keys end at the first dot): "
+        raise UserError(f"{src}: video ids must not contain a dot (WebDataset keys end at the first dot): "
                          f"{', '.join(dotted[:5])}")
     prefix = prefix or f"{layout}-{split}"
     if "/" in prefix or prefix.startswith("."):
-        raise ValueError(f"--prefix must not contain '/' nor start with '.', got {prefix!r}")
+        raise UsageError(f"--prefix must not contain '/' nor start with '.', got {prefix!r}")
     if resize_short is not None and resize_short < 1:
-        raise ValueError(f"--resize-short must be positive, got {resize_short}")
+        raise UsageError(f"--resize-short must be positive, got {resize_short}")
     plan = plan_shards(videos, parse_size(shard_size), prefix)
 
     fs, folder = resolve(out)
     fs.create_dir(folder, recursive=True)
-    _save_plan(fs, folder, out, {"layout": layout, "split": split, "resize_short": resize_short,
-                                 "shards": {name: [v.id for v in vs] for name, vs in plan}})
-    entries = fs.get_file_info(pafs.FileSelector(folder))
-    for info in entries:  # leftovers of an interrupted run
-        if info.base_name.startswith(".") and ".tmp-" in info.base_name:
-            fs.delete_file(info.path)
-    existing = {info.base_name for info in entries if info.type == pafs.FileType.File}
+    with _locked(fs, folder, out) as (run, stale):
+        _save_plan(fs, folder, out, {"layout": layout, "split": split, "resize_short": resize_short,
+                                     "shards": {name: [v.id for v in vs] for name, vs in plan}}, run)
+        entries = fs.get_file_info(pafs.FileSelector(folder))
+        for info in entries:  # the temp files of the dead pack whose lock this run took over
+            if stale and info.base_name.startswith(".") and info.base_name.endswith(f".tmp-{stale}"):
+                fs.delete_file(info.path)
+        existing = {info.base_name for info in entries if info.type == pafs.FileType.File}
 
-    if not ray.is_initialized():
-        ray.init()
-    write = ray.remote(num_cpus=1)(write_shard)
-    index = ray.remote(num_cpus=1)(index_shard)
-    pending = {}
-    for name, vs in plan:
-        if name in existing:
-            pending[index.remote(fs, folder, name, [v.id for v in vs])] = (name, "kept")
-        else:
-            pending[write.remote(fs, folder, name, vs, layout, split, resize_short)] = (name, "written")
-    results = {}
-    while pending:
-        (ref,), _ = ray.wait(list(pending), num_returns=1)
-        name, what = pending.pop(ref)
-        results[name] = ray.get(ref)
-        if verbose:
-            print(f"{name}: {what} ({len(results[name])} videos)", file=sys.stderr)
-    table = pa.Table.from_pylist([r for name, _ in plan for r in results[name]], schema=SCHEMA)
-    buf = pa.BufferOutputStream()
-    pq.write_table(table, buf)
-    _atomic_write(fs, posixpath.join(folder, INDEX), buf.getvalue().to_pybytes())
+        if not ray.is_initialized():
+            ray.init()
+        write = ray.remote(num_cpus=1)(write_shard)
+        index = ray.remote(num_cpus=1)(index_shard)
+        pending = {}
+        for name, vs in plan:
+            if name in existing:
+                pending[index.remote(fs, folder, name, [v.id for v in vs])] = (name, "kept")
+            else:
+                pending[write.remote(fs, folder, name, vs, layout, split, resize_short, run)] = (name, "written")
+        results = {}
+        bar = Progress(len(plan), "pack", unit="shard")
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=STALL_S)
+            if not ready:
+                free, total = ray.available_resources().get("CPU", 0), ray.cluster_resources().get("CPU", 0)
+                print(f"pack: no shard finished in the last {STALL_S:.0f} s; {len(pending)} shard tasks (1 CPU "
+                      f"each) pending; the Ray cluster has {free:g} of {total:g} CPUs free", file=sys.stderr)
+                continue
+            name, what = pending.pop(ready[0])
+            try:
+                results[name] = ray.get(ready[0])
+            except ray.exceptions.RayTaskError as e:
+                if isinstance(e.cause, UserError):
+                    raise e.cause from None
+                raise
+            if verbose:
+                print(f"{name}: {what} ({len(results[name])} videos)", file=sys.stderr)
+            bar.update(note=f"{name} {what}")
+        bar.close()
+        table = pa.Table.from_pylist([r for name, _ in plan for r in results[name]], schema=SCHEMA)
+        buf = pa.BufferOutputStream()
+        pq.write_table(table, buf)
+        _atomic_write(fs, posixpath.join(folder, INDEX), buf.getvalue().to_pybytes(), run)
     return table

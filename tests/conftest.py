@@ -102,3 +102,19 @@ def private_cluster(head: dict, node_cpus: tuple[int, ...] = ()) -> Iterator[tup
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def pack_serially(src: Path, out: Path, layout: str, split: str, shard_size: int = 40_000) -> None:
+    """What `pack` writes (shards and index), in this process and without Ray, for tests that must not start one."""
+    import pyarrow as pa
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
+    from shards.layout import list_videos
+    from shards.pack import INDEX, SCHEMA, plan_shards, write_shard
+
+    out.mkdir(parents=True)
+    rows = []
+    for name, videos in plan_shards(list_videos(str(src), layout, split), shard_size, f"{layout}-{split}"):
+        rows += write_shard(pafs.LocalFileSystem(), str(out), name, videos, layout, split, None, "test")
+    pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), out / INDEX)

@@ -121,7 +121,10 @@ def test_bad_prediction_files_give_clear_errors(tmp_path):
     for t, ids in enumerate(gt):
         _save(tmp_path / "gt" / "dog" / f"{t:05d}.png", ids)
     kwargs = dict(annotations=tmp_path / "gt", write=False)
-    with pytest.raises(FileNotFoundError, match=r"dog[/\\]00001\.png"):
+    with pytest.raises(FileNotFoundError, match=r"no folder for sequence 'dog'"):
+        davis.evaluate_semi(tmp_path, tmp_path / "res", ["dog"], **kwargs)
+    (tmp_path / "res" / "dog").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match=r"'dog', frame 00001: .*dog[/\\]00001\.png not found"):
         davis.evaluate_semi(tmp_path, tmp_path / "res", ["dog"], **kwargs)
     _save(tmp_path / "res" / "dog" / "00001.png", np.zeros((12, 15)))
     with pytest.raises(ValueError, match="15x12 .* 16x12.*GT resolution"):

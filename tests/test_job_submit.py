@@ -125,7 +125,7 @@ def test_training_job_writes_its_checkpoint_and_a_bad_job_fails(cluster):
     checkpoints = sorted(p for p in (root / "runs" / "submitted").glob("checkpoint_*") if p.is_dir())
     assert checkpoints, run.stdout[-4000:]
     assert load_checkpoint_state(checkpoints[-1])["step"] == steps
-    assert f"finished submitted: step {steps}" in run.stdout
+    assert f"finished submitted at step {steps} of {steps}" in run.stdout
 
     bad = _submit(c, "train-bad", "python", "jobs/train_smtc.py", "--no_such_flag", "1")
     assert bad.returncode != 0

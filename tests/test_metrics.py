@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
 from scipy import ndimage
 
-from raytrain.eval.metrics import bound_pix, disk, f_measure, jaccard, seg2bmap, statistics
+from raytrain.eval.metrics import (Boundary, bound_pix, disk, f_measure, frame_boxes, jaccard, label_boundaries,
+                                   seg2bmap, statistics)
 
 
 def _dense_f(gt: np.ndarray, pred: np.ndarray, void: np.ndarray | None, radius: int) -> float:
@@ -153,7 +155,22 @@ def test_statistics_hand_vectors():
     assert statistics([1.0, np.nan, 0.0])[0] == 0.5  # nanmean
     # Upstream casts the bin edges to uint8: with 300 frames the last edge wraps and the last bin is empty.
     assert np.isnan(statistics(np.ones(300))[2])
-    assert statistics(np.ones(256))[2] == 0.0
+    # Under numpy 2 its `+ 1` on a uint8 edge wraps too: 255 + 1 = 0 empties the last bin at 256 frames.
+    assert np.isnan(statistics(np.ones(256))[2]) and np.isnan(statistics(np.ones(1024))[2])
+    assert statistics(np.ones(255))[2] == 0.0 and statistics(np.ones(400))[2] == 0.0
+
+
+def test_statistics_match_the_toolkits_uint8_bins_under_numpy2():
+    """Upstream's `db_statistics` binning written out with numpy 2's uint8 arithmetic, for 1..1100 frames."""
+    for n in range(1, 1100):
+        x = np.random.default_rng(n).random(n)
+        x[n // 3] = np.nan
+        edges = (np.round(np.linspace(1, n, 5) + 1e-10) - 1).astype(np.int64).astype(np.uint8)
+        with np.errstate(over="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            bins = [x[edges[i]:edges[i + 1] + np.uint8(1)] for i in (0, 3)]
+            expected = np.nanmean(bins[0]) - np.nanmean(bins[1])
+        np.testing.assert_equal(statistics(x)[2], expected)
 
 
 def test_against_cv2_and_skimage_when_installed():
@@ -166,3 +183,22 @@ def test_against_cv2_and_skimage_when_installed():
         b = rng.random((60, 80)) < 0.01
         ours = ndimage.binary_dilation(b, structure=disk(r))
         assert (cv2.dilate(b.astype(np.uint8), disk(r).astype(np.uint8)).astype(bool) == ours).all()
+
+
+def test_label_boundaries_are_each_ids_mask_boundary():
+    """All ids' boundaries from one pass over each frame's box, against `Boundary(ids == k)` one id at a time."""
+    rng = np.random.default_rng(2)
+    for trial in range(300):
+        t, h, w = rng.integers(1, 4), rng.integers(1, 14), rng.integers(1, 14)
+        ids = (rng.integers(0, 5, (t, h, w)) * (rng.random((t, h, w)) < 0.5)).astype(np.uint8)
+        ids[ids == 4] = 255 if trial % 3 == 0 else 4  # ids above n: background to every object
+        if trial % 5 == 0:
+            ids[0] = 0
+        n = int(rng.integers(0, 5))
+        other = (rng.integers(0, 3, (t, h, w)) * (rng.random((t, h, w)) < 0.1)).astype(np.uint8)
+        for got in (label_boundaries(ids, n), label_boundaries(ids, n, frame_boxes(ids, other))):
+            for k in range(1, n + 1):
+                ref, b = Boundary(ids == k), got[k - 1]
+                assert (np.diff(b.frame) >= 0).all() and (b.count == ref.count).all()
+                rows = [p[np.lexsort(p.T[::-1])] for p in (b.points, ref.points)]  # same pixels, any order
+                assert np.array_equal(*rows)

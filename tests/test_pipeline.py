@@ -17,6 +17,7 @@ from conftest import pack_synthetic
 from raytrain.data import decode, pipeline, plan
 from raytrain.data.pipeline import DataHealth, clip_batches, coalesce
 from raytrain.data.plan import ClipSource, StreamConfig
+from shards.errors import UserError
 from shards.pack import read_index
 
 # Functions of this module run inside Ray workers, where the tests folder is not importable.
@@ -56,6 +57,18 @@ def test_smtc_batches_hold_the_planned_frames(data):
         for t, k in enumerate(b["frame_idx"][i].tolist()):
             src = (data / "yt/train/JPEGImages" / video / names[k]).read_bytes()
             assert np.array_equal(b["frames"][i, t].permute(1, 2, 0).numpy(), decode.smtc_frame(src, 32))
+
+
+def test_gpu_decode_stream_gives_the_cpu_stream_frames(data):
+    """`--decode gpu` through the real stream, decoding on the CPU device (raytrain.data.device_decode): 64 px
+    sources at 64² decode at full scale on both paths, so the frames are identical."""
+    shards = data / "yt_shards"
+    cpu = _batches(shards, _cfg("smtc", size=64, steps=3))
+    gpu = _batches(shards, _cfg("smtc", size=64, steps=3, decode="gpu"))
+    assert len(gpu) == 3
+    for a, b in zip(cpu, gpu):
+        assert b.keys() == a.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_stmae_batches_start_at_frame_zero_with_remapped_objects(data):
@@ -132,6 +145,24 @@ def test_corrupt_frames_and_truncated_shards_are_skipped_and_counted(data, tmp_p
     assert snap["counts"].get("frame", 0) >= 1 and snap["counts"].get("shard", 0) >= 1
     text = "\n".join(snap["recent"])
     assert bad_member.split(".")[0] in text and truncated in text
+
+
+def test_a_stream_of_only_corrupt_frames_stops_with_an_error(data, tmp_path):
+    """Re-planning would start Datasets forever: after a whole round of the shards without a clip, the stream
+    stops, naming the data set and what was skipped."""
+    bad = tmp_path / "corrupt"
+    shutil.copytree(data / "yt_shards", bad)
+    index = read_index(str(bad)).to_pylist()
+    for shard in {r["shard"] for r in index}:
+        raw = bytearray((bad / shard).read_bytes())
+        for r in (r for r in index if r["shard"] == shard):
+            for name, off, size in zip(r["members"], r["offsets"], r["sizes"]):
+                if name.endswith(".jpg"):
+                    raw[off + 4:off + size] = b"\x00" * (size - 4)
+        (bad / shard).write_bytes(bytes(raw))
+    health = DataHealth.remote()
+    with pytest.raises(UserError, match=rf"{bad}: no usable clip in any of its \d+ shards .*skipped: frame \d+"):
+        _batches(bad, _cfg("smtc", world_size=2, rank=1), health=health)
 
 
 @pytest.mark.slow

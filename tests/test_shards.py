@@ -5,6 +5,9 @@ import io
 import json
 import os
 import shutil
+import socket
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -134,14 +137,20 @@ def test_resume_rewrites_only_missing_shard(packed, synth_davis, tmp_path):
     original = (out / victim).read_bytes()
     (out / victim).unlink()
     (out / "index.parquet").unlink()
-    (out / f".{victim}.tmp-0123").write_bytes(b"partial")  # leftover of the interrupted run
+    # The interrupted run died holding its lock; its temp files carry its run id. A user's own dotfile stays.
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    (out / ".pack.lock").write_text(json.dumps({"pid": ended.pid, "host": socket.gethostname(), "run": "0123"}))
+    (out / f".{victim}.tmp-0123").write_bytes(b"partial")
+    (out / ".notes.tmp-mine").write_bytes(b"the user's")
     after = pack(str(synth_davis), str(out), "davis", "train", shard_size=_target(synth_davis))
     now = _mtimes(out)
     assert sorted(now) == sorted(mtimes)
     assert [name for name in now if now[name] != mtimes[name]] == [victim]
     assert (out / victim).read_bytes() == original  # same plan, same bytes
     assert after.equals(before) and read_index(str(out)).equals(before)
-    assert not [p for p in os.listdir(out) if ".tmp-" in p]
+    assert [p for p in os.listdir(out) if ".tmp-" in p] == [".notes.tmp-mine"]
+    assert not (out / ".pack.lock").exists()
 
 
 @pytest.mark.slow

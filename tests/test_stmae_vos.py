@@ -115,9 +115,9 @@ def test_frames_without_a_given_mask_use_the_models_probabilities(tmp_path, chec
         events.append(("decode", out[2][0].clone()))
         return out
 
-    def recording_add(self, key, masks):
+    def recording_add(self, key, masks, **kwargs):
         events.append(("add", masks.clone()))
-        return add(self, key, masks)
+        return add(self, key, masks, **kwargs)
 
     monkeypatch.setattr(model, "decode_coarse", recording_decode)
     monkeypatch.setattr(MaskMemory, "add", recording_add)

@@ -149,10 +149,12 @@ def test_sweep_is_interrupted_restored_and_summarized(ray_head, tmp_path, capsys
         assert 0.0 <= float(row["val_jf"]) <= 1.0 and row["num_instance"] == "2"
     # The trial that had checkpointed step 2 when the sweep was stopped went on from a checkpoint, not from
     # scratch, retraining at most one checkpoint interval (2 steps): TensorBoard has one event file per start
-    # of its Train run, and a run started from the checkpoint of step c logs c + 2 first.
+    # of its Train run; the fresh start logs its validation at step 0, then step 2, and a run started from the
+    # checkpoint of step c logs c + 2 first.
     starts = [s for s in _event_steps(sweep / "train" / checkpointed[0] / "tensorboard") if s]
-    assert starts[0][0] == 2 and starts[-1][-1] == 4
+    assert starts[0][:2] == [0, 2] and starts[-1][-1] == 4
     for before, after in zip(starts, starts[1:]):
+        assert after[0] != 0, "a resumed run does not validate its starting point again"
         resumed_from = after[0] - 2
         assert resumed_from >= 2 and before[-1] - resumed_from <= 2, starts
     assert load_checkpoint_state(best["checkpoint"])["step"] == best["step"]

@@ -15,17 +15,18 @@ from raytrain.train.stmae_task import STMAETask
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _check(metrics: dict[str, float]) -> None:
-    assert set(metrics) == {"val_jf", "val_j", "val_f"}
+def _check(metrics: dict[str, float], prefixes: tuple[str, ...] = ("val",)) -> None:
+    assert set(metrics) == {f"{p}_{m}" for p in prefixes for m in ("jf", "j", "f")}
     assert all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in metrics.values())
-    assert metrics["val_jf"] == pytest.approx((metrics["val_j"] + metrics["val_f"]) / 2)
+    for p in prefixes:
+        assert metrics[f"{p}_jf"] == pytest.approx((metrics[f"{p}_j"] + metrics[f"{p}_f"]) / 2)
 
 
 def test_smtc_validation(synth_davis):
     cfg = SMTCConfig(num_slots=4, num_instance=2, resolution=64, val_data=str(synth_davis), val_videos=1)
     task = SMTCTask(cfg, "cpu")
     task.model.train()
-    _check(validate("smtc", task, cfg))
+    _check(validate("smtc", task, cfg), ("val", "val_disc"))  # propagation and discovery
     assert task.model.training and task.model.encoder.training
     task.model.eval()
     validate("smtc", task, cfg)

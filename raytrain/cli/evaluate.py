@@ -20,15 +20,18 @@ from typing import Any, Callable, Sequence
 import torch
 
 from raytrain.config import (SMALL_EVAL_SMTC, SMALL_EVAL_STMAE, EvalConfig, EvalSMTCConfig, EvalSTMAEConfig,
-                             with_small)
+                             check_flags, with_small)
 from raytrain.eval.discovery import MODES, OFFICIAL, PROTOCOL_NOTE, DiscoverySettings, discover_video
 from raytrain.eval.distributed import run_serial, run_videos
 from raytrain.eval.models import RANDOM_WARNING, ModelSpec, build_model, smtc_spec, stmae_spec
+from raytrain.eval.overlay import FORMATS
 from raytrain.eval.propagation import PRESETS, propagation_video
 from raytrain.eval.report import MaskWriter, finish, output_folder, upload
-from raytrain.eval.video_io import VideoResult
+from raytrain.eval.video_io import VideoResult, partial_ground_truth
 from raytrain.eval.vos import DATASETS, VOSSettings, is_youtube, list_vos_videos, mask_folder, segment_video, write_submission
+from raytrain.models.smtc import INSTANCE_MASKS
 from raytrain.runtime import init_ray
+from shards.errors import UsageError, UserError, naming
 from shards.cache import synthetic_davis, synthetic_vos
 from shards.layout import list_videos
 
@@ -39,14 +42,15 @@ def evaluate(cfg: EvalConfig, spec: ModelSpec, work: Callable, items: Sequence, 
         ) -> tuple[list[VideoResult], float]:
     """Evaluate `items` serially or on Ray; returns the results (input order) and the wall time."""
     if not items:
-        raise ValueError(f"--data {cfg.data or '(synthetic)'}: no videos to evaluate in split {cfg.split!r}")
+        raise UserError(f"--data {cfg.data or '(synthetic)'}: no videos to evaluate in split {cfg.split!r}")
     start = time.perf_counter()
     if cfg.serial:
         use_gpu = torch.cuda.is_available() if cfg.use_gpu is None else cfg.use_gpu
         if use_gpu and not torch.cuda.is_available():
-            raise ValueError("--use_gpu: no GPU in this process")
+            raise UsageError("--use_gpu: no GPU in this process")
         results = run_serial(build_model, spec, work, items, device="cuda" if use_gpu else "cpu", on_result=writer)
     else:
+        init_ray()  # only now: every input was checked on the driver
         results = run_videos(build_model, spec, work, items, num_actors=cfg.num_actors, use_gpu=cfg.use_gpu,
                              cpus_per_actor=cfg.cpus_per_actor, on_result=writer)
     return results, time.perf_counter() - start
@@ -56,27 +60,42 @@ def _prepare(cls: type, argv: Sequence[str] | None, small: dict[str, Any]) -> An
     cfg, overrides = with_small(cls, argv, small)
     if not cfg.data:
         print(f"no --data given: evaluating on a small synthetic data set ({overrides})", flush=True)
-    if not cfg.serial:
-        init_ray()
+    check_flags(cfg)
+    if cfg.overlay_format not in FORMATS:
+        raise UsageError(f"--overlay_format must be one of {', '.join(FORMATS)}, got {cfg.overlay_format!r}")
     return cfg
+
+
+def _spec(cfg: Any, make: Callable[[Any], ModelSpec]) -> ModelSpec:
+    """The model spec, its weights read and checked here; errors name the weights flag."""
+    flag = "--checkpoint" if cfg.checkpoint or not getattr(cfg, "dino_path", "") else "--dino_path"
+    with naming(flag, cfg.checkpoint or getattr(cfg, "dino_path", "")):
+        spec = make(cfg)
+    if spec.random:
+        print(RANDOM_WARNING, flush=True)
+    return spec
+
+
+def _refuse_partial_ground_truth(data: str, videos: Sequence) -> None:
+    partial = partial_ground_truth(videos)
+    if partial:
+        raise UserError(f"--data {data}: partial ground truth cannot be scored: {partial}")
 
 
 def main_smtc(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """`python jobs/eval_smtc.py [flags]`: SMTC label propagation or object discovery on DAVIS-2017."""
     cfg = _prepare(EvalSMTCConfig, argv, SMALL_EVAL_SMTC)
-    if cfg.task not in TASKS:
-        raise ValueError(f"--task must be one of {', '.join(TASKS)}, got {cfg.task!r}")
-    if cfg.preset not in PRESETS:
-        raise ValueError(f"--preset must be one of {', '.join(PRESETS)}, got {cfg.preset!r}")
-    if cfg.mode not in MODES:
-        raise ValueError(f"--mode must be one of {', '.join(MODES)}, got {cfg.mode!r}")
-    spec = smtc_spec(cfg)
-    if spec.random:
-        print(RANDOM_WARNING, flush=True)
+    for flag, value, choices in (("task", cfg.task, TASKS), ("preset", cfg.preset, PRESETS),
+                                 ("mode", cfg.mode, MODES), ("instance_mask", cfg.instance_mask, INSTANCE_MASKS)):
+        if value not in choices:
+            raise UsageError(f"--{flag} must be one of {', '.join(choices)}, got {value!r}")
+    spec = _spec(cfg, smtc_spec)
     data = cfg.data or synthetic_davis(cfg.seed)
     discovery = cfg.task == "discovery"
-    videos = list_videos(data, "davis", cfg.split, unsupervised=discovery)
+    with naming("--data", data):
+        videos = list_videos(data, "davis", cfg.split, unsupervised=discovery)
     videos = videos[:cfg.videos] if cfg.videos > 0 else videos
+    _refuse_partial_ground_truth(data, videos)
     if discovery and videos and not any(v.annotations for v in videos):
         print(f"{data} has no Annotations_unsupervised/480p (a separate DAVIS download): proposals are written "
               "but not scored", flush=True)
@@ -105,15 +124,17 @@ def main_stmae(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """`python jobs/eval_stmae.py [flags]`: STMAE on DAVIS-2016/2017 or YouTube-VOS 2018/2019."""
     cfg = _prepare(EvalSTMAEConfig, argv, SMALL_EVAL_STMAE)
     if cfg.dataset not in DATASETS:
-        raise ValueError(f"--dataset must be one of {', '.join(DATASETS)}, got {cfg.dataset!r}")
-    spec = stmae_spec(cfg)
-    if spec.random:
-        print(RANDOM_WARNING, flush=True)
+        raise UsageError(f"--dataset must be one of {', '.join(DATASETS)}, got {cfg.dataset!r}")
+    spec = _spec(cfg, stmae_spec)
     data = cfg.data or synthetic_vos(cfg.dataset, cfg.seed)
-    items = list_vos_videos(cfg.dataset, data, cfg.split, cfg.imset)
+    with naming("--data", data):
+        items = list_vos_videos(cfg.dataset, data, cfg.split, cfg.imset)
     items = items[:cfg.videos] if cfg.videos > 0 else items
+    if not is_youtube(cfg.dataset):  # YouTube-VOS valid is annotated where objects appear, and not scored here
+        _refuse_partial_ground_truth(data, [item.video for item in items])
     out = output_folder(cfg.out, f"eval/stmae-{cfg.dataset}")
-    settings = VOSSettings(mem_every=cfg.mem_every, top_k=cfg.top_k, size=cfg.size, amp=cfg.amp)
+    settings = VOSSettings(mem_every=cfg.mem_every, top_k=cfg.top_k, size=cfg.size, amp=cfg.amp,
+                           max_mem_frames=cfg.max_mem_frames)
     youtube = is_youtube(cfg.dataset)
     protocol = (f"YouTube-VOS {cfg.dataset} valid submission (scored by the evaluation server)" if youtube else
                 f"DAVIS-{2016 if cfg.dataset == 'D16' else 2017} semi-supervised")

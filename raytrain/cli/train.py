@@ -3,31 +3,55 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
-from raytrain.config import SMALL_TRAIN, TRAIN_CONFIGS, with_small
+from raytrain.cli.checks import check_resources, check_training
+from raytrain.config import SMALL_TRAIN, TRAIN_CONFIGS, given_fields, with_small
 from raytrain.eval.validate import validate
 from raytrain.runtime import init_ray, load_checkpoint_state, run_dir
 from raytrain.train.loop import fit
-from shards.cache import synthetic_shards
+from shards.cache import synthetic_shards, synthetic_videos
 
 # SMTC trains on unlabelled YouTube-VOS train frames, STMAE on DAVIS-17 train (first-frame masks only).
 SYNTHETIC = {"smtc": ("ytvos", "train"), "stmae": ("davis", "train")}
 
 
+HEADLINES = {"loss": "loss", "val_jf": "val J&F", "val_disc_jf": "discovery J&F"}
+
+
+def summary(curve: list[dict[str, Any]]) -> list[str]:
+    """The loss and validation J&F where the run started and where it ended."""
+    lines = []
+    for key, label in HEADLINES.items():
+        points = [c for c in curve if key in c]
+        if len(points) > 1:
+            first, last = points[0], points[-1]
+            lines.append(f"{label + ':':15s}{first[key]:.4f} (step {first['step']}) -> {last[key]:.4f} "
+                         f"(step {last['step']}), {last[key] - first[key]:+.4f}")
+    return lines
+
+
 def main(job: str, argv: Sequence[str] | None = None) -> None:
     """`python jobs/train_<job>.py [flags]`: train on Ray Train and print where the results are."""
-    cfg, small = with_small(TRAIN_CONFIGS[job], argv, SMALL_TRAIN[job])
+    cls = TRAIN_CONFIGS[job]
+    cfg, small = with_small(cls, argv, SMALL_TRAIN[job])
     if not cfg.data:
         print(f"no --data given: training on synthetic data with a small configuration ({small})", flush=True)
+    check_training(job, cfg)  # before Ray starts: flags, --data, --val_data, weights, the run being resumed
     init_ray(extra_cpus=cfg.num_workers + 1)
+    check_resources(cfg)
     if not cfg.data:
         cfg = dataclasses.replace(cfg, data=synthetic_shards(*SYNTHETIC[job], seed=cfg.seed))
+        if "val_data" not in given_fields(cls, argv):
+            cfg = dataclasses.replace(cfg, val_data=synthetic_videos("davis", cfg.seed))
     result = fit(job, cfg, validate=validate)
     storage, name = run_dir(cfg, job)
     ckpt = result.checkpoint
-    step = load_checkpoint_state(ckpt.path)["step"] if ckpt and "://" not in ckpt.path else "?"
-    print(f"\nfinished {name}: step {step}, final metrics "
-          + ", ".join(f"{k}={v:.4g}" for k, v in (result.metrics or {}).items() if isinstance(v, float)))
+    state = load_checkpoint_state(ckpt.path) if ckpt and "://" not in ckpt.path else {}
+    print(f"\nfinished {name} at step {state.get('step', '?')} of {cfg.steps}")
+    for line in summary(state.get("curve", [])):
+        print(line)
+    if cfg.val_data:
+        print(f"         (J&F on the first {cfg.val_videos} val videos of {cfg.val_data})")
     print(f"checkpoint: {ckpt.path if ckpt else None}")
     print(f"logs:       {result.path}  (TensorBoard: tensorboard --logdir {Path(storage) / name / 'tensorboard'})")

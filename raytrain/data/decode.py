@@ -25,6 +25,12 @@ def decode_jpeg(data: bytes, min_size: int = 0) -> np.ndarray:
     return simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=-(-h // d), min_width=-(-w // d))
 
 
+def jpeg_header(data: bytes) -> tuple[int, int]:
+    """(height, width) from a JPEG's header; raises ValueError when the header does not parse."""
+    h, w = simplejpeg.decode_jpeg_header(data)[:2]
+    return h, w
+
+
 def decode_png(data: bytes) -> np.ndarray:
     """Palette-index (object id) map HxW uint8 of an annotation PNG."""
     im = Image.open(io.BytesIO(data))

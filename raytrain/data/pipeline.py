@@ -7,6 +7,9 @@ One rank's stream is a Ray Dataset over its planned shard reads (`raytrain.data.
                                                    holds; decode and resize / augment in chunks of clips
                       -> iter_torch_batches        fixed-shape tensors for the training loop
 
+With `--decode gpu` (SMTC) the tasks only read: they ship the JPEG bytes, and the training worker decodes and
+resizes each batch on its device (`raytrain.data.device_decode`).
+
 A corrupt JPEG/PNG drops its clip, a truncated or unreadable shard drops what could not be read; both are
 logged by name and counted in a `DataHealth` actor, and the run goes on.
 """
@@ -22,8 +25,9 @@ import pyarrow.fs as pafs
 import ray
 import torch
 
-from raytrain.data import decode, plan
+from raytrain.data import decode, device_decode, plan
 from raytrain.data.plan import ClipSource, Item, Span, StreamConfig
+from shards.errors import UserError
 from shards.layout import resolve
 
 log = logging.getLogger("raytrain.data")
@@ -53,6 +57,17 @@ def _report(health: Any, kind: str, name: str, error: Exception | str) -> None:
             ray.get(health.record.remote(kind, name, str(error)), timeout=30)
         except Exception as e:  # noqa: BLE001 - losing a count must not stop the run
             log.warning("data: could not record the skip in DataHealth (%s)", e)
+
+
+def _skip_counts(health: Any) -> str:
+    """What DataHealth counted, as `frame 12, shard 1` (or why the counts are unknown)."""
+    if health is None:
+        return "not counted"
+    try:
+        counts = ray.get(health.snapshot.remote(), timeout=30)["counts"]
+    except Exception as e:  # noqa: BLE001 - the error being raised matters more than the counts
+        return f"unknown ({type(e).__name__})"
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "nothing"
 
 
 _SOURCES: dict[str, ClipSource] = {}
@@ -163,6 +178,30 @@ def decode_clips(clips: list[dict[str, Any]], scfg: StreamConfig, health: Any = 
     return {k: v[:kept] for k, v in out.items()}
 
 
+def encoded_clips(clips: list[dict[str, Any]], scfg: StreamConfig, health: Any = None) -> dict[str, np.ndarray]:
+    """`--decode gpu`: clips (from `read_item`) with their JPEG bytes as they are, for `device_decode` on the
+    training device. "jpegs" holds each clip's T JPEGs back to back, "jpeg_sizes" (N x T) their sizes; a clip
+    with a JPEG whose header does not parse is dropped here."""
+    n, t = len(clips), scfg.num_frames
+    out = {"jpegs": np.empty(n, object), "jpeg_sizes": np.empty((n, t), np.int64), "video": np.empty(n, object),
+           "frame_idx": np.empty((n, t), np.int64), "position": np.empty(n, np.int64),
+           "video_ordinal": np.empty(n, np.int64)}
+    kept = 0
+    for clip in clips:
+        try:
+            for jpg in clip["jpgs"]:
+                decode.jpeg_header(jpg)
+        except Exception as e:  # noqa: BLE001 - a corrupt frame drops its clip, never the run
+            _report(health, "frame", f"{clip['video']} frames {list(clip['frame_idx'])}", e)
+            continue
+        out["jpegs"][kept] = b"".join(clip["jpgs"])
+        out["jpeg_sizes"][kept] = [len(j) for j in clip["jpgs"]]
+        for key in ("video", "frame_idx", "position", "video_ordinal"):
+            out[key][kept] = clip[key]
+        kept += 1
+    return {k: v[:kept] for k, v in out.items()}
+
+
 def clip_bytes(cfg: StreamConfig) -> int:
     """Bytes of one decoded clip in an output block."""
     t, s = cfg.num_frames, cfg.size
@@ -171,8 +210,9 @@ def clip_bytes(cfg: StreamConfig) -> int:
 
 
 def block_bytes(cfg: StreamConfig) -> int:
-    """Ray Data's target block size for the stream: at least `BLOCK_BYTES` and three batches."""
-    return max(BLOCK_BYTES, 3 * cfg.batch_size * clip_bytes(cfg))
+    """Ray Data's target block size for the stream: at least `BLOCK_BYTES` and three batches of decoded clips
+    (JPEG bytes, with `--decode gpu`: `BLOCK_BYTES`)."""
+    return BLOCK_BYTES if cfg.decode == "gpu" else max(BLOCK_BYTES, 3 * cfg.batch_size * clip_bytes(cfg))
 
 
 def load_clips(items: dict[str, np.ndarray], *, source: Any, cfg: dict[str, Any], block: int,
@@ -184,19 +224,24 @@ def load_clips(items: dict[str, np.ndarray], *, source: Any, cfg: dict[str, Any]
     boundary and holds 1.1-1.43x Ray Data's target block size `block` (three batches or more, see
     `block_bytes`). Ray Data merges blocks under the target and slices those over 1.5x, so it keeps each
     chunk as one block, and a batch that lies in one block reaches the trainer without being copied.
+    With `--decode gpu` the chunks hold JPEG bytes (`encoded_clips`), cut by their sizes.
     """
     src, scfg = _source(source), StreamConfig(**cfg)
-    cut = 1.1 * block / clip_bytes(scfg)
+    encoded = scfg.decode == "gpu"
+    finish = encoded_clips if encoded else decode_clips
+    cut = 1.1 * block if encoded else 1.1 * block / clip_bytes(scfg)  # bytes, or decoded clips, per chunk
     for i in range(len(items["shard"])):
         item = Item(**{k: int(items[k][i]) for k in ("round", "shard", "position", "skip")})
         chunk: list[dict[str, Any]] = []
+        filled = 0
         for clip in read_item(src, scfg, item, health):
             chunk.append(clip)
-            if len(chunk) >= cut and (clip["position"] + 1) % scfg.batch_size == 0:
-                yield decode_clips(chunk, scfg, health)
-                chunk = []
+            filled += sum(map(len, clip["jpgs"])) if encoded else 1
+            if filled >= cut and (clip["position"] + 1) % scfg.batch_size == 0:
+                yield finish(chunk, scfg, health)
+                chunk, filled = [], 0
         if chunk:
-            yield decode_clips(chunk, scfg, health)
+            yield finish(chunk, scfg, health)
 
 
 def clip_dataset(source: ClipSource | Any, cfg: StreamConfig, items: list[Item], health: Any = None,
@@ -231,17 +276,41 @@ def clip_batches(source: ClipSource | Any, cfg: StreamConfig, start_step: int = 
     STMAE "masks" uint8 B x T x S x S and "num_objects" B.
 
     The planned clips up to the end of the run (plus 10 %) form one Ray Dataset; if unreadable data runs it
-    dry early, the stream goes on with the items planned after it.
+    dry early, the stream goes on with the items planned after it. Once every shard with usable videos has been
+    read since the last clip the stream yielded, it stops with a UserError naming the data set and the skips.
+
+    With `cfg.decode == "gpu"` (SMTC) the stream carries JPEG bytes and `device_decode` decodes each batch on
+    `device`, one batch ahead; "frames" is then contiguous, and a clip that fails to decode there is dropped
+    from its batch.
     """
     src = _source(source)
     position = start_step * cfg.batch_size
     count = max(cfg.steps - start_step, 1) * cfg.batch_size * 11 // 10
+    usable = {s for s in range(len(src.shards)) if plan.clips_in_shard(src, s, cfg)}
+    dry: set[int] = set()  # shards read since the last clip the stream yielded
     while True:
         items = plan.plan_items(src, cfg, position, count)
         ds = clip_dataset(source, cfg, items, health, decode_tasks)
-        for batch in ds.iter_torch_batches(batch_size=cfg.batch_size, drop_last=True, device=str(device),
-                                           prefetch_batches=prefetch_batches):
-            batch["frames"] = batch["frames"].permute(0, 1, 4, 2, 3)
-            yield batch
+        tail = None  # the positions of the last batch this Dataset yielded
+        if cfg.decode == "gpu":
+            encoded = ds.iter_batches(batch_size=cfg.batch_size, drop_last=True, batch_format="numpy",
+                                      prefetch_batches=prefetch_batches)
+            for batch in device_decode.device_batches(encoded, cfg.size, device,
+                                                      lambda name, e: _report(health, "frame", name, e)):
+                tail = batch["position"]
+                yield batch
+        else:
+            for batch in ds.iter_torch_batches(batch_size=cfg.batch_size, drop_last=True, device=str(device),
+                                               prefetch_batches=prefetch_batches):
+                batch["frames"] = batch["frames"].permute(0, 1, 4, 2, 3)
+                tail = batch["position"]
+                yield batch
+        last = -1 if tail is None else int(tail.max())
+        dry = (dry if tail is None else set()) | {i.shard for i in items if i.position + i.skip > last}
+        if dry >= usable:  # a whole round of the shards gave nothing: re-planning would go on forever
+            raise UserError(f"{src.root}: no usable clip in any of its {len(usable)} shards since "
+                            f"{'the start' if last < 0 else f'clip {last}'} of this stream (rank {cfg.rank}); "
+                            f"skipped: {_skip_counts(health)}. `python -m shards check {src.root}` names the "
+                            f"damaged members")
         position = plan.item_end(src, cfg, items[-1])
         count = cfg.batch_size * 8

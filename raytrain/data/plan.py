@@ -38,10 +38,13 @@ class StreamConfig:
     max_skip_at: tuple[float, ...] = (0.0,)
     max_objects: int = 3
     finetune_at: float = 1.0
+    decode: str = "cpu"  # "gpu": the stream carries JPEG bytes, decoded on the consumer's device
 
     def __post_init__(self) -> None:
         if self.kind not in ("smtc", "stmae"):
             raise ValueError(f"unknown clip kind {self.kind!r} (expected 'smtc' or 'stmae')")
+        if self.decode not in ("cpu", "gpu") or (self.decode == "gpu" and self.kind != "smtc"):
+            raise ValueError(f"decode {self.decode!r} for {self.kind} clips: 'cpu', or 'gpu' for SMTC clips only")
         if self.kind == "smtc" and self.gap < 1:
             raise ValueError(f"--gap must be at least 1, got {self.gap}")
 

@@ -15,6 +15,12 @@ statistics and CSV files, computed with `raytrain.eval.metrics`.
 - Global numbers are plain means over objects; the CSV files are upstream's `global_results-<set>.csv` and
   `per-sequence_results-<set>.csv`, values written with "%.3f".
 
+How it is computed: per frame, J of every (object, proposal) pair comes from one count of (GT id,
+predicted id) pixel pairs inside the bounding box of the frame's non-zero pixels, and the boundary pixels of
+every id from one pass over the same box (`metrics.label_boundaries`); F then matches boundary pixels
+through a k-d tree. Files are read through pyarrow filesystems, so the DAVIS root and the results may be
+local folders or URIs (`s3://`, `file://`); `write_csv` writes to either.
+
 Scoring is split so a distributed evaluator can score sequences anywhere: `per_sequence` (files) or
 `score_semi` / `score_unsup` (arrays) return a `SequenceScores`; `combine` turns any list of them into the
 global `Report`, and `write_csv` writes it. `evaluate_semi` / `evaluate_unsup` do all three in one process.
@@ -22,22 +28,28 @@ global `Report`, and `write_csv` writes it. `evaluate_semi` / `evaluate_unsup` d
 Deviations from upstream:
 - The results CSV files are always recomputed and replaced atomically; upstream silently reuses existing
   ones.
-- Bad input raises a ValueError / FileNotFoundError naming the sequence, frame or file instead of printing a
-  message and calling `sys.exit`.
+- Bad input raises a `shards.errors.UserError` / `NotFound` (a ValueError / FileNotFoundError) naming the
+  sequence, frame or file instead of printing a message and calling `sys.exit`.
 """
 from __future__ import annotations
 
+import io
 import os
+import posixpath
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath, PurePosixPath
 from typing import Iterable, Sequence
 
 import numpy as np
+import pyarrow.fs as pafs
 from PIL import Image
 from scipy.optimize import linear_sum_assignment
 
-from raytrain.eval.metrics import Boundary, bound_pix, f_from_boundaries, statistics
+from raytrain.eval.metrics import Box, bound_pix, f_from_boundaries, frame_boxes, label_boundaries, statistics
+from shards.errors import NotFound, UserError
+from shards.layout import resolve
 
 VOID = 255
 SEMI = "semi-supervised"
@@ -77,56 +89,89 @@ class Report:
         return dict(zip(GLOBAL_COLUMNS, values))
 
 
-def _read_ids(path: Path) -> np.ndarray:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: mask not found (expected one PNG per annotated frame, same names as the GT)")
-    with Image.open(path) as image:
+def _decode_ids(data: bytes, where: str) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as image:
         mode = image.mode
         ids = np.array(image)
     if ids.ndim != 2:
-        raise ValueError(f"{path}: expected a single-channel (P or L mode) PNG of object ids, got mode {mode}")
+        raise UserError(f"{where}: expected a single-channel (P or L mode) PNG of object ids, got mode {mode}")
     return ids
 
 
-def annotation_dir(gt_root: str | os.PathLike, task: str) -> Path:
+def _read_file(fs: pafs.FileSystem, path: str) -> bytes | None:
+    """The file's bytes, or None when it does not exist."""
+    try:
+        with fs.open_input_stream(path, compression=None) as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+
+
+def _read_all(fs: pafs.FileSystem, paths: Sequence[str]) -> list[bytes | None]:
+    """Several files at once: remote stores answer many small requests in parallel much faster."""
+    if len(paths) < 2 or isinstance(fs, pafs.LocalFileSystem):
+        return [_read_file(fs, p) for p in paths]
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        return list(pool.map(lambda p: _read_file(fs, p), paths))
+
+
+def _join(root: str | os.PathLike, *parts: str) -> str:
+    """`root/parts` as a path or URI (pyarrow URIs keep their scheme)."""
+    return "/".join([os.fspath(root).rstrip("/"), *parts])
+
+
+def annotation_dir(gt_root: str | os.PathLike, task: str) -> str:
     """`<gt_root>/Annotations/480p` (semi-supervised) or `<gt_root>/Annotations_unsupervised/480p`."""
     if task not in (SEMI, UNSUP):
         raise ValueError(f"task must be {SEMI!r} or {UNSUP!r}, got {task!r}")
-    return Path(gt_root) / ("Annotations" if task == SEMI else "Annotations_unsupervised") / "480p"
+    return _join(gt_root, "Annotations" if task == SEMI else "Annotations_unsupervised", "480p")
 
 
 def read_sequence_list(gt_root: str | os.PathLike, set_name: str, task: str = SEMI) -> list[str]:
-    """Sequence names of `ImageSets/<year>/<set>.txt` (2019 for unsupervised test sets, else 2017)."""
+    """Sequence names of `ImageSets/<year>/<set>.txt` in file order (2019 for unsupervised test sets, else 2017)."""
     year = "2019" if task == UNSUP and set_name in ("test-dev", "test-challenge") else "2017"
-    path = Path(gt_root) / "ImageSets" / year / f"{set_name}.txt"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: sequence list for set {set_name!r} not found")
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    uri = _join(gt_root, "ImageSets", year, f"{set_name}.txt")
+    fs, path = resolve(uri)
+    data = _read_file(fs, path)
+    if data is None:
+        raise NotFound(f"{uri}: sequence list for set {set_name!r} not found")
+    return [line.strip() for line in data.decode().splitlines() if line.strip()]
 
 
 def read_gt(annotations: str | os.PathLike, sequence: str) -> tuple[np.ndarray, list[str]]:
     """All GT id maps of a sequence [T, H, W] and their frame names (sorted PNG stems)."""
-    folder = Path(annotations) / sequence
-    paths = sorted(folder.glob("*.png"))
+    uri = _join(annotations, sequence)
+    fs, folder = resolve(uri)
+    infos = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+    paths = sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(".png"))
     if not paths:
-        raise FileNotFoundError(f"{folder}: no ground-truth PNGs for sequence {sequence!r}")
-    frames = [_read_ids(p) for p in paths]
-    for p, m in zip(paths, frames):
+        raise NotFound(f"{uri}: no ground-truth PNGs for sequence {sequence!r}")
+    names = [posixpath.basename(p)[:-4] for p in paths]
+    frames = [_decode_ids(data, f"{uri}/{name}.png") for name, data in zip(names, _read_all(fs, paths))]
+    for name, m in zip(names, frames):
         if m.shape != frames[0].shape:
-            raise ValueError(f"{p}: GT size {m.shape} differs from the sequence's first frame {frames[0].shape}")
-    return np.stack(frames), [p.stem for p in paths]
+            raise UserError(f"{uri}/{name}.png: GT size {m.shape} differs from the sequence's first frame "
+                             f"{frames[0].shape}")
+    return np.stack(frames), names
 
 
 def read_predictions(results_dir: str | os.PathLike, sequence: str, frame_ids: Sequence[str],
                      shape: tuple[int, int]) -> np.ndarray:
     """Predicted id maps `<results_dir>/<seq>/<frame>.png` [T, H, W]; each must have the GT size `shape`."""
+    uri = _join(results_dir, sequence)
+    fs, folder = resolve(uri)
+    if fs.get_file_info(folder).type != pafs.FileType.Directory:
+        raise NotFound(f"{uri}: the results have no folder for sequence {sequence!r} "
+                                f"(expected {sequence}/<frame>.png for each GT frame)")
     out = []
-    for frame in frame_ids:
-        path = Path(results_dir) / sequence / f"{frame}.png"
-        ids = _read_ids(path)
+    for frame, data in zip(frame_ids, _read_all(fs, [f"{folder}/{f}.png" for f in frame_ids])):
+        where = f"sequence {sequence!r}, frame {frame}: {uri}/{frame}.png"
+        if data is None:
+            raise NotFound(f"{where} not found (expected one PNG per annotated frame, named as the GT)")
+        ids = _decode_ids(data, where)
         if ids.shape != tuple(shape):
-            raise ValueError(f"{path}: prediction is {ids.shape[1]}x{ids.shape[0]} (WxH) but the ground truth is "
-                             f"{shape[1]}x{shape[0]}; predictions must have the GT resolution")
+            raise UserError(f"{where}: prediction is {ids.shape[1]}x{ids.shape[0]} (WxH) but the ground truth "
+                             f"is {shape[1]}x{shape[0]}; predictions must have the GT resolution")
         out.append(ids)
     return np.stack(out)
 
@@ -136,16 +181,19 @@ def _num_objects(first_gt: np.ndarray) -> int:
     return int(ids.max()) if ids.size else 0
 
 
-def _confusion(gt: np.ndarray, pred: np.ndarray, n_gt: int, n_pred: int, void: np.ndarray | None) -> np.ndarray:
-    """Pixel counts [T, n_gt + 1, n_pred + 1] of (GT id, predicted id) per frame, void pixels left out."""
-    out = np.empty((len(gt), n_gt + 1, n_pred + 1), dtype=np.int64)
-    for t in range(len(gt)):
-        g = gt[t].astype(np.int64)
-        g[g > n_gt] = 0
-        code = g * (n_pred + 1) + pred[t]
-        if void is not None:
-            code = code[~void[t]]
-        out[t] = np.bincount(code.ravel(), minlength=out[t].size).reshape(out[t].shape)
+def _confusion(gt: np.ndarray, pred: np.ndarray, n_gt: int, n_pred: int, boxes: Sequence[Box | None]) -> np.ndarray:
+    """Pixel counts [T, n_gt + 1, n_pred + 1] of (GT id, predicted id) per frame, counted inside each frame's box.
+
+    Outside the boxes both maps are 0, and no score reads the (0, 0) cell, so it is left out there (as are
+    void pixels, which the callers set to 0 in both maps).
+    """
+    cells = (n_gt + 1) * (n_pred + 1)
+    dtype = np.uint8 if cells <= 256 else np.int64
+    out = np.zeros((len(gt), n_gt + 1, n_pred + 1), dtype=np.int64)
+    for t, box in enumerate(boxes):
+        if box is not None:
+            g, p = (m[t, box[0]:box[1], box[2]:box[3]].astype(dtype, copy=False) for m in (gt, pred))
+            out[t] = np.bincount((g * dtype(n_pred + 1) + p).ravel(), minlength=cells).reshape(out.shape[1:])
     return out
 
 
@@ -158,15 +206,11 @@ def _pair_jaccard(conf: np.ndarray) -> np.ndarray:
     return np.where(union == 0, 1.0, inter / np.maximum(union, 1))
 
 
-def _boundaries(ids: np.ndarray, n: int) -> list[Boundary]:
-    return [Boundary(ids == k) for k in range(1, n + 1)]
-
-
 def _check_ids(pred: np.ndarray, limit: int, sequence: str, frame_ids: Sequence[str], what: str) -> None:
     over = pred.reshape(len(pred), -1).max(axis=1) > limit
     if over.any():
         t = int(np.argmax(over))
-        raise ValueError(f"sequence {sequence!r}, frame {frame_ids[t]}: predicted id {int(pred[t].max())} {what}")
+        raise UserError(f"sequence {sequence!r}, frame {frame_ids[t]}: predicted id {int(pred[t].max())} {what}")
 
 
 def score_semi(gt: np.ndarray, pred: np.ndarray, sequence: str = "",
@@ -187,11 +231,13 @@ def score_semi(gt: np.ndarray, pred: np.ndarray, sequence: str = "",
                          "(expected the middle frames at GT resolution)")
     frame_ids = list(frame_ids) if frame_ids is not None else [str(i) for i in range(len(gt))]
     n = _num_objects(gt[0])
-    gt = np.where(gt[1:-1] == VOID, 0, gt[1:-1])
+    gt = gt[1:-1] * (gt[1:-1] <= n)  # void and ids not in the first frame are background
     _check_ids(pred, n, sequence, frame_ids[1:-1], f"is higher than the {n} object(s) in the first GT frame")
-    j = _pair_jaccard(_confusion(gt, pred, n, n, None))
+    boxes = frame_boxes(gt, pred)
+    j = _pair_jaccard(_confusion(gt, pred, n, n, boxes))
     radius = bound_pix(gt.shape[1:])
-    f = [f_from_boundaries(g, p, radius) for g, p in zip(_boundaries(gt, n), _boundaries(pred, n))]
+    f = [f_from_boundaries(g, p, radius)
+         for g, p in zip(label_boundaries(gt, n, boxes), label_boundaries(pred, n, boxes))]
     diag = np.arange(n)
     return SequenceScores(sequence, j[diag, diag], np.array(f).reshape(n, len(gt)))
 
@@ -206,12 +252,12 @@ def score_unsup(gt: np.ndarray, pred: np.ndarray, sequence: str = "", frame_ids:
     _check_ids(pred, max_proposals, sequence, frame_ids, f"is more than the {max_proposals} proposals allowed")
     void = gt == VOID
     n_gt = _num_objects(gt[0])
-    gt = np.where(void, 0, gt)
-    n_pred = max(int(pred.max()), n_gt)  # fewer proposals than objects: pad with empty ones
-    j = _pair_jaccard(_confusion(gt, pred, n_gt, n_pred, void))
+    n_pred = max(int(pred.max()), n_gt)  # counted before void is cleared; too few: padded with empty ones
+    gt, pred = gt * (gt <= n_gt), pred * ~void  # void (255) and ids not in the first frame are background
+    boxes = frame_boxes(gt, pred)
+    j = _pair_jaccard(_confusion(gt, pred, n_gt, n_pred, boxes))
     radius = bound_pix(gt.shape[1:])
-    gt_b = _boundaries(gt, n_gt)
-    pred_b = _boundaries(np.where(void, 0, pred), n_pred)
+    gt_b, pred_b = label_boundaries(gt, n_gt, boxes), label_boundaries(pred, n_pred, boxes)
     f = np.array([[f_from_boundaries(g, p, radius) for g in gt_b] for p in pred_b]).reshape(j.shape)
     rows, cols = linear_sum_assignment(-(j.mean(axis=2) + f.mean(axis=2)) / 2)
     return SequenceScores(sequence, j[rows, cols], f[rows, cols])
@@ -220,11 +266,12 @@ def score_unsup(gt: np.ndarray, pred: np.ndarray, sequence: str = "", frame_ids:
 def per_sequence(gt_root: str | os.PathLike, results_dir: str | os.PathLike, sequence: str, task: str = SEMI,
                  annotations: str | os.PathLike | None = None, max_proposals: int = 20) -> SequenceScores:
     """Read one sequence's GT and predicted PNGs and score it (`task`: "semi-supervised" or "unsupervised")."""
-    folder = Path(annotations) if annotations is not None else annotation_dir(gt_root, task)
+    folder = os.fspath(annotations) if annotations is not None else annotation_dir(gt_root, task)
     gt, frame_ids = read_gt(folder, sequence)
     if task == SEMI:
         if len(gt) < 3:
-            raise ValueError(f"{folder / sequence}: semi-supervised scoring needs at least 3 annotated frames")
+            raise UserError(f"{_join(folder, sequence)}: semi-supervised scoring needs at least 3 annotated "
+                             f"frames, got {len(gt)}")
         pred = read_predictions(results_dir, sequence, frame_ids[1:-1], gt.shape[1:])
         return score_semi(gt, pred, sequence, frame_ids)
     if task != UNSUP:
@@ -242,7 +289,7 @@ def combine(scores: Iterable[SequenceScores]) -> Report:
             f_stats.append(statistics(s.f[k]))
             objects.append((f"{s.sequence}_{k + 1}", j_stats[-1][0], f_stats[-1][0]))
     if not objects:
-        raise ValueError("no objects to score: the first GT frame of every sequence is empty")
+        raise UserError("no objects to score: the first GT frame of every sequence is empty")
     # One 1-D mean per column, like upstream (a 2-D axis-0 mean can differ in the last bit).
     means = [float(np.mean([row[i] for row in stats])) for stats in (j_stats, f_stats) for i in range(3)]
     return Report(*means, objects=objects)
@@ -263,17 +310,30 @@ def _write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def write_csv(report: Report, results_dir: str | os.PathLike, set_name: str = "val") -> tuple[Path, Path]:
-    """Write `global_results-<set>.csv` and `per-sequence_results-<set>.csv` (replacing any old ones)."""
+def _write_uri(uri: str, text: str) -> None:
+    fs, path = resolve(uri)
+    with fs.open_output_stream(path, compression=None) as f:  # an object store replaces the object on close
+        f.write(text.encode())
+
+
+def write_csv(report: Report, results_dir: str | os.PathLike, set_name: str = "val") -> tuple[PurePath, PurePath]:
+    """Write `global_results-<set>.csv` and `per-sequence_results-<set>.csv` (replacing any old ones) into a
+    folder or a pyarrow URI."""
+    names = f"global_results-{set_name}.csv", f"per-sequence_results-{set_name}.csv"
+    row = ",".join(_fmt(v) for v in report.as_dict().values())
+    lines = [",".join(SEQUENCE_COLUMNS)] + [f"{name},{_fmt(jm)},{_fmt(fm)}" for name, jm, fm in report.objects]
+    texts = ",".join(GLOBAL_COLUMNS) + "\n" + row + "\n", "\n".join(lines) + "\n"
+    if "://" in os.fspath(results_dir):
+        fs, folder = resolve(os.fspath(results_dir))
+        fs.create_dir(folder, recursive=True)
+        for name, text in zip(names, texts):
+            _write_uri(_join(results_dir, name), text)
+        return PurePosixPath(folder, names[0]), PurePosixPath(folder, names[1])
     results_dir = Path(results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
-    global_path = results_dir / f"global_results-{set_name}.csv"
-    seq_path = results_dir / f"per-sequence_results-{set_name}.csv"
-    row = ",".join(_fmt(v) for v in report.as_dict().values())
-    _write_atomic(global_path, ",".join(GLOBAL_COLUMNS) + "\n" + row + "\n")
-    lines = [",".join(SEQUENCE_COLUMNS)] + [f"{name},{_fmt(jm)},{_fmt(fm)}" for name, jm, fm in report.objects]
-    _write_atomic(seq_path, "\n".join(lines) + "\n")
-    return global_path, seq_path
+    for name, text in zip(names, texts):
+        _write_atomic(results_dir / name, text)
+    return results_dir / names[0], results_dir / names[1]
 
 
 def _evaluate(task: str, gt_root, results_dir, sequences, set_name, annotations, write, max_proposals) -> Report:

@@ -16,6 +16,8 @@ results travel back as PNG bytes, so only the driver writes outputs: no shared o
 """
 from __future__ import annotations
 
+import os
+import sys
 import time
 from collections import deque
 from typing import Any, Callable, Sequence
@@ -23,10 +25,22 @@ from typing import Any, Callable, Sequence
 import torch
 
 from raytrain.eval.video_io import VideoResult
+from shards.progress import Progress
+from shards.errors import UsageError, UserError
+
+# Bounds on waiting for Ray: actors that cannot be placed, and a video that never finishes (seconds).
+START_ENV, STALL_ENV = "RAYTRAIN_EVAL_START_S", "RAYTRAIN_EVAL_STALL_S"
+START_S = float(os.environ.get(START_ENV, 900))
+STALL_S = float(os.environ.get(STALL_ENV, 3600))
 
 Build = Callable[[Any, torch.device], Any]
 Work = Callable[[Any, Any, torch.device], VideoResult]
 Log = Callable[[str], None]
+
+
+def _progress(total: int, log: Log) -> Progress:
+    """Videos done: a bar on a terminal, else lines on stdout (or through `log` when one is given)."""
+    return Progress(total, "eval", unit="video", stream=sys.stdout, log=None if log is print else log)
 
 
 def item_name(item: Any) -> str:
@@ -45,18 +59,15 @@ def run_serial(build: Build, spec: Any, work: Work, items: Sequence, *, device: 
     """Evaluate `items` one after the other in this process (no Ray)."""
     device = torch.device(device)
     model = build(spec, device)
-    results, start = [], time.perf_counter()
+    results: list[VideoResult] = []
+    bar = _progress(len(items), log)
     for i, item in enumerate(items):
         results.append(_timed(work, model, item, device))
         if on_result is not None:
             on_result(i, results[-1])
-        log(_progress(i + 1, len(items), start, results[-1].name))
+        bar.update(note=results[-1].name)
+    bar.close()
     return results
-
-
-def _progress(done: int, total: int, start: float, name: str) -> str:
-    elapsed = time.perf_counter() - start
-    return f"[eval] {done}/{total} videos ({name}), {done / max(elapsed, 1e-9):.2f} videos/s, {elapsed:.1f} s"
 
 
 class EvalActor:
@@ -102,7 +113,7 @@ class EvalPool:
 
         self.use_gpu = cluster_has_gpus() if use_gpu is None else use_gpu
         if self.use_gpu and not cluster_has_gpus():
-            raise ValueError("--use_gpu: the Ray cluster has no GPUs")
+            raise UsageError("--use_gpu: the Ray cluster has no GPUs")
         self.num_actors = num_actors or default_actors(self.use_gpu, cpus_per_actor, num_items or 1 << 30)
         self.max_resubmits = max_resubmits
         self.log = log
@@ -116,13 +127,32 @@ class EvalPool:
         start = time.perf_counter()
         self.actors = [self._start() for _ in range(self.num_actors)]
         try:
-            devices = ray.get([a.ready.remote() for a in self.actors])
+            devices = self._wait_ready(cpus_per_actor)
         except BaseException:
             self.shutdown()
             raise
         self.startup_s = time.perf_counter() - start
         log(f"[eval] {self.num_actors} actor(s) ready on {', '.join(sorted(set(devices)))} "
             f"in {self.startup_s:.1f} s")
+
+    def _wait_ready(self, cpus_per_actor: float) -> list[str]:
+        """Wait for every actor to have built its model, saying so every minute; UserError after START_S."""
+        import ray
+
+        refs, start = [a.ready.remote() for a in self.actors], time.monotonic()
+        while True:
+            ready, waiting = ray.wait(refs, num_returns=len(refs), timeout=60)
+            if not waiting:
+                return ray.get(ready)
+            waited = time.monotonic() - start
+            each = f"{cpus_per_actor:g} CPU{' and 1 GPU' if self.use_gpu else ''} each"
+            free = {k: v for k, v in ray.available_resources().items() if k in ("CPU", "GPU")}
+            if waited > START_S:
+                raise UserError(f"{len(waiting)} of {len(refs)} evaluation actors ({each}) did not start in "
+                                f"{waited:.0f} s; the Ray cluster has {free or 'nothing'} free: lower --num_actors "
+                                f"or --cpus_per_actor, or add nodes ({START_ENV} waits longer)")
+            self.log(f"[eval] waiting for {len(waiting)} of {len(refs)} actors ({each}; free: {free}), "
+                     f"{waited:.0f} s")
 
     def _start(self) -> Any:
         import ray
@@ -141,12 +171,21 @@ class EvalPool:
         idle = deque(range(len(self.actors)))
         running: dict[Any, tuple[int, int]] = {}  # ref -> (actor slot, item index)
         resubmits = [0] * len(items)
-        done, start = 0, time.perf_counter()
+        bar = _progress(len(items), self.log)
+        last = time.monotonic()
         while pending or running:
             while pending and idle:
                 slot, i = idle.popleft(), pending.popleft()
                 running[self.actors[slot].run.remote(items[i])] = (slot, i)
-            (ref,), _ = ray.wait(list(running), num_returns=1)
+            ready, _ = ray.wait(list(running), num_returns=1, timeout=60)
+            if not ready:
+                names = ", ".join(item_name(items[i]) for _, i in running.values())
+                if time.monotonic() - last > STALL_S:
+                    raise TimeoutError(f"no video finished in {time.monotonic() - last:.0f} s (running: {names}); "
+                                       f"{STALL_ENV} waits longer")
+                self.log(f"[eval] still running: {names} ({time.monotonic() - last:.0f} s since the last video)")
+                continue
+            (ref,), last = ready, time.monotonic()
             slot, i = running.pop(ref)
             try:
                 result = ray.get(ref)
@@ -163,13 +202,15 @@ class EvalPool:
                 idle.append(slot)
                 continue
             except RayTaskError as e:
+                if isinstance(e.cause, UserError):  # bad input of this video: named, no traceback
+                    raise UserError(f"evaluating video {item_name(items[i])!r}: {e.cause}") from None
                 raise RuntimeError(f"evaluating video {item_name(items[i])!r} failed: {e.cause!r}") from e
             idle.append(slot)
             results[i] = result
-            done += 1
             if on_result is not None:
                 on_result(i, result)
-            self.log(_progress(done, len(items), start, result.name))
+            bar.update(note=result.name)
+        bar.close()
         return results  # type: ignore[return-value]
 
     def shutdown(self) -> None:

@@ -20,8 +20,9 @@ from raytrain.config import EvalSMTCConfig, EvalSTMAEConfig
 from raytrain.models.smtc import SMTC
 from raytrain.models.stmae import STMAE, checkpoint_weights, from_weights
 from raytrain.models.vit import vit_small
-from raytrain.models.weights import load_smtc_weights, load_vit_weights, vit_state_dict
-from raytrain.runtime import STATE_FILE, load_checkpoint_state
+from raytrain.models.weights import load_smtc_weights, load_vit_weights, read_weights_file, vit_state_dict
+from raytrain.runtime import STATE_FILE, CheckpointError, checkpoint_folders, load_checkpoint_state, newest_intact
+from shards.errors import NotFound, UsageError, UserError
 from shards.layout import resolve
 
 RANDOM_WARNING = ("=" * 100 + "\nWARNING: no checkpoint given: evaluating RANDOMLY INITIALISED weights. "
@@ -65,14 +66,25 @@ def build_model(spec: ModelSpec, device: torch.device | str) -> nn.Module:
 
 
 def _run_state(path: Path, job: str) -> dict[str, Any] | None:
-    """The state of a training-run checkpoint (folder or its state.pt), None for other files."""
+    """The state of a training-run checkpoint (folder or its state.pt), or of the newest intact checkpoint of a
+    run folder (naming the ones skipped); None for other files."""
     if not (path.is_dir() or path.name == STATE_FILE):
         return None
     if path.is_dir() and not (path / STATE_FILE).is_file():
-        raise FileNotFoundError(f"--checkpoint {path}: a folder without {STATE_FILE} (not a training checkpoint)")
+        folders = checkpoint_folders(path)
+        if not folders:
+            raise NotFound(f"--checkpoint {path}: a folder without {STATE_FILE} or checkpoint_* folders (not a "
+                           f"training checkpoint or run)")
+        newest, _, skipped = newest_intact(folders)
+        for reason in skipped:
+            print(f"skipped {reason}", flush=True)
+        if newest is None:
+            raise CheckpointError(f"--checkpoint {path}: no intact checkpoint in this run folder")
+        print(f"--checkpoint {path}: using its newest intact checkpoint, {newest.name}", flush=True)
+        path = newest
     state = load_checkpoint_state(path)
     if state.get("job") != job:
-        raise ValueError(f"--checkpoint {path}: a {state.get('job')!r} training checkpoint, expected {job!r}")
+        raise UserError(f"--checkpoint {path}: a {state.get('job')!r} training checkpoint, expected {job!r}")
     return state
 
 
@@ -85,7 +97,7 @@ def fetched(uri: str, flag: str) -> Iterator[Path]:
     fs, path = resolve(uri)
     kind = fs.get_file_info(path).type
     if kind == FileType.NotFound:
-        raise FileNotFoundError(f"{flag} {uri}: not found")
+        raise NotFound(f"{flag} {uri}: not found")
     with tempfile.TemporaryDirectory(prefix="raytrain-eval-") as tmp:
         local = Path(tmp) / posixpath.basename(path.rstrip("/"))
         if kind == FileType.Directory:
@@ -102,7 +114,7 @@ def _load_smtc(model: nn.Module, path: Path, source: str, state: dict[str, Any] 
         try:
             model.load_state_dict(vit_state_dict(state["task"], source))
         except RuntimeError as e:
-            raise ValueError(f"--checkpoint {source}: the encoder does not match ViT-S/16: {e}") from None
+            raise UserError(f"--checkpoint {source}: the encoder does not match ViT-S/16: {e}") from None
     elif discovery:
         load_smtc_weights(model, path)
     else:
@@ -112,10 +124,10 @@ def _load_smtc(model: nn.Module, path: Path, source: str, state: dict[str, Any] 
 def smtc_spec(cfg: EvalSMTCConfig) -> ModelSpec:
     """Weights for SMTC propagation (encoder only) or discovery (whole model), read and checked here."""
     if cfg.checkpoint and cfg.dino_path:
-        raise ValueError("give either --checkpoint (SMTC) or --dino_path (DINO), not both")
+        raise UsageError("give either --checkpoint (SMTC) or --dino_path (DINO), not both")
     discovery = cfg.task == "discovery"
     if discovery and cfg.dino_path:
-        raise ValueError("--dino_path: discovery needs SMTC's slot modules; give an SMTC --checkpoint")
+        raise UsageError("--dino_path: discovery needs SMTC's slot modules; give an SMTC --checkpoint")
     arch = dict(num_slots=cfg.num_slots, num_instances=cfg.num_instance, resolution=cfg.resolution,
                 instance_mask=cfg.instance_mask)
     kind = "smtc" if discovery else "vit"
@@ -140,6 +152,6 @@ def stmae_spec(cfg: EvalSTMAEConfig) -> ModelSpec:
         return ModelSpec("stmae", None, "random weights", cfg.seed)
     with fetched(cfg.checkpoint, "--checkpoint") as path:
         state = _run_state(path, "stmae")
-        obj = state if state is not None else torch.load(path, map_location="cpu", weights_only=True)
+        obj = state if state is not None else read_weights_file(path)
     model = from_weights(checkpoint_weights(obj, cfg.checkpoint), cfg.checkpoint)
     return ModelSpec("stmae", model.state_dict(), cfg.checkpoint, cfg.seed, {"value_dim": model.value_dim})

@@ -13,9 +13,9 @@ import numpy as np
 from pyarrow.fs import LocalFileSystem, copy_files
 
 from raytrain.config import EvalConfig
-from raytrain.eval import davis
 from raytrain.eval.models import RANDOM_WARNING, ModelSpec
 from raytrain.eval.overlay import FORMATS, save_overlay
+from raytrain.eval.score import summary_table, write_results
 from raytrain.eval.video_io import VideoResult, decode_png, read_rgb
 from shards.layout import resolve
 
@@ -34,16 +34,6 @@ class MaskWriter:
         for rel, data in result.extra.items():
             (self.out / rel).parent.mkdir(parents=True, exist_ok=True)
             (self.out / rel).write_bytes(data)
-
-
-def summary_table(report: davis.Report, title: str) -> str:
-    """Markdown: the global row, then one row per object."""
-    cols = davis.GLOBAL_COLUMNS
-    lines = [f"### {title}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols),
-             "| " + " | ".join(f"{v:.3f}" for v in report.as_dict().values()) + " |", "",
-             "| Sequence | J-Mean | F-Mean |", "|---|---|---|"]
-    lines += [f"| {name} | {j:.3f} | {f:.3f} |" for name, j, f in report.objects]
-    return "\n".join(lines)
 
 
 def _overlays(cfg: EvalConfig, out: Path, items: Sequence, results: Sequence[VideoResult]) -> list[Path]:
@@ -71,11 +61,15 @@ def finish(cfg: EvalConfig, out: Path, spec: ModelSpec, items: Sequence, results
     if scored:
         if len(scored) < len(results):
             print(f"{len(results) - len(scored)} video(s) have no ground truth for every frame and are not scored")
-        report = davis.combine(scored)
-        csvs = davis.write_csv(report, out, set_name)
+        report, csvs = write_results(scored, out, set_name)  # the scorer `python -m raytrain.eval score` uses
         summary.update(global_results=report.as_dict(), objects=[list(o) for o in report.objects],
                        csv=[p.name for p in csvs])
         print("\n" + summary_table(report, f"{protocol} — {set_name}"))
+    else:  # nothing scored: CSVs of an earlier run into this folder would pass for this run's
+        for stale in (out / f"global_results-{set_name}.csv", out / f"per-sequence_results-{set_name}.csv"):
+            if stale.is_file():
+                stale.unlink()
+                print(f"removed {stale}: this run scored no video, so it is not this run's result")
     summary["overlays"] = [p.relative_to(out).as_posix() for p in _overlays(cfg, out, items, results)]
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     if spec.random:

@@ -11,6 +11,10 @@ passed since the last memory frame, never when it is the last frame. Objects giv
 groups). Predictions are unpadded, resized bilinearly to the original size, argmax-ed and mapped back to
 the original ids.
 
+Memory grows by a frame every `mem_every` frames, without bound, as upstream. `max_mem_frames` K bounds it
+for long videos: the frames with given masks (frame 0 for DAVIS) stay, and of the others only the newest K,
+so memory use and the per-frame readout cost stop growing after about K * mem_every frames.
+
 No Ray here: the evaluation helper fans `propagate_video` out over a cluster.
 
 Deviations from upstream:
@@ -68,29 +72,46 @@ def save_masks(masks: Sequence[np.ndarray], out_dir: str | os.PathLike, frame_na
 
 
 class MaskMemory:
-    """Memory keys (1, C, N) and soft masks (K, N); object k reads only entries from `starts[k]` on."""
+    """Memory keys (1, C, N) and soft masks (K, N); object k reads only entries from `starts[k]` on.
 
-    def __init__(self, top_k: int | None):
+    With `max_frames` K > 0, only the newest K frames added with `permanent=False` are kept, besides every
+    permanent one (frames with given masks): the oldest such frame is dropped when one more arrives.
+    """
+
+    def __init__(self, top_k: int | None, max_frames: int = 0):
         self.top_k = top_k
+        self.max_frames = max_frames
         self.keys: torch.Tensor | None = None
         self.values: torch.Tensor | None = None
         self.starts: list[int] = []
+        self.frames: list[tuple[int, bool]] = []  # (entries, permanent) of each stored frame, oldest first
 
     @property
     def num_objects(self) -> int:
         return len(self.starts)
 
-    def add(self, key: torch.Tensor, masks: torch.Tensor) -> None:
+    def add(self, key: torch.Tensor, masks: torch.Tensor, permanent: bool = False) -> None:
         """key (1, C, h, w), masks (K, h, w) for the objects known so far (new ones join here)."""
         key, masks = key.flatten(2).float(), masks.flatten(1).float()
         n = 0 if self.keys is None else self.keys.shape[2]
         self.starts += [n] * (masks.shape[0] - len(self.starts))
+        self.frames.append((key.shape[2], permanent))
         if self.keys is None:
             self.keys, self.values = key, masks
             return
         old = F.pad(self.values, (0, 0, 0, masks.shape[0] - self.values.shape[0]))
         self.keys = torch.cat([self.keys, key], 2)
         self.values = torch.cat([old, masks], 1)
+        if self.max_frames > 0 and sum(not p for _, p in self.frames) > self.max_frames:
+            self._drop(next(i for i, (_, p) in enumerate(self.frames) if not p))
+
+    def _drop(self, index: int) -> None:
+        """Remove stored frame `index`; objects that joined later start that many entries earlier."""
+        a = sum(size for size, _ in self.frames[:index])
+        b = a + self.frames.pop(index)[0]
+        self.keys = torch.cat([self.keys[:, :, :a], self.keys[:, :, b:]], 2)
+        self.values = torch.cat([self.values[:, :a], self.values[:, b:]], 1)
+        self.starts = [s - (b - a) if s >= b else s for s in self.starts]  # objects join at permanent frames
 
     def read(self, query_key: torch.Tensor) -> torch.Tensor:
         """Coarse masks (1, K, h, w) of the query key (1, C, h, w)."""
@@ -132,20 +153,21 @@ def _unpad(x: torch.Tensor, pad: tuple[int, int, int, int]) -> torch.Tensor:
 
 @torch.inference_mode()
 def propagate_video(model: STMAE, frames: Sequence[Frame], first_masks: dict[int, np.ndarray], *,
-                    mem_every: int = 5, top_k: int | None = 30, size: int = 480,
+                    mem_every: int = 5, top_k: int | None = 30, size: int = 480, max_mem_frames: int = 0,
                     device: torch.device | str = "cpu", amp: bool = False) -> list[np.ndarray]:
     """Segment a video from its given masks.
 
     frames: RGB uint8 HxWx3 arrays or image paths, in order. first_masks: frame index -> HxW uint8 id map
     holding the objects given in that frame (0 = background; frame 0 for DAVIS, later frames too for
-    YouTube-VOS). top_k <= 0 or None: full softmax. size <= 0: no resizing. Returns one HxW uint8 id map
-    per frame, at the original size, with the original ids.
+    YouTube-VOS). top_k <= 0 or None: full softmax. size <= 0: no resizing. max_mem_frames K > 0: the
+    memory keeps the frames with given masks plus the newest K others (0: every memory frame, as upstream).
+    Returns one HxW uint8 id map per frame, at the original size, with the original ids.
     """
     device = torch.device(device)
     model.eval()
     n = len(frames)
     ids: list[int] = []  # original id of internal object k + 1, in order of first appearance
-    memory = MaskMemory(top_k)
+    memory = MaskMemory(top_k, max_mem_frames)
     last_mem = 0
     outputs: list[np.ndarray] = []
     for ti in range(n):
@@ -187,7 +209,7 @@ def propagate_video(model: STMAE, frames: Sequence[Frame], first_masks: dict[int
             prob = pred  # the model's output as is (aggregating it again would sharpen it twice)
         if (given is not None or ti - last_mem >= mem_every) and ti != n - 1:
             memory.add(f16.float(), F.interpolate(prob[None, 1:], size=f16.shape[-2:], mode="bilinear",
-                                                  align_corners=False)[0])
+                                                  align_corners=False)[0], permanent=given is not None)
             last_mem = ti
         prob = F.interpolate(_unpad(prob, pad)[None], size=(h0, w0), mode="bilinear", align_corners=False)[0]
         lut = torch.tensor([0] + ids, dtype=torch.uint8, device=device)

@@ -1,8 +1,13 @@
 """In-training validation: J&F on the first few DAVIS val videos, run on rank 0 at every checkpoint.
 
-- SMTC: label propagation (preset A) with the features of the student's encoder (`task.model.encoder`).
+- SMTC: label propagation (preset A) with the features of the student's encoder (`task.model.encoder`):
+  `val_jf`, `val_j`, `val_f`; and unsupervised object discovery (official DAVIS protocol) with the whole
+  student (slots included): `val_disc_jf`, `val_disc_j`, `val_disc_f`. Discovery runs at the training
+  resolution (height `resolution`, width 5/3 of it, as upstream's 480 x 800) and is scored against
+  `Annotations_unsupervised` where the folder has them. With the encoder's learning rate at x0 for
+  `grad_iter` steps and x0.01 after, propagation moves little in a short run; discovery shows the slots.
 - STMAE: semi-supervised VOS of `task.model` from the first-frame masks (memory every 5 frames, top-k 30), at
-  the videos' own resolution (480p for DAVIS).
+  the videos' own resolution (480p for DAVIS): `val_jf`, `val_j`, `val_f`.
 
 Numbers are fractions in [0, 1] (as in the official CSV files), averaged over objects as the DAVIS evaluator
 does. Serial, in the training process, on the task's device; the model is switched to eval mode and back.
@@ -12,16 +17,31 @@ from __future__ import annotations
 from typing import Any
 
 from raytrain.eval.davis import combine
+from raytrain.eval.discovery import DiscoverySettings, discover_video
 from raytrain.eval.propagation import SMTC_A, propagation_video
 from raytrain.eval.vos import VOSSettings, VOSVideo, segment_video
 from shards.layout import list_videos
 
 
+def _metrics(prefix: str, scores: list, videos: list, root: str) -> dict[str, float]:
+    missing = [v.id for v, s in zip(videos, scores) if s is None]
+    if missing:
+        raise ValueError(f"--val_data {root}: videos without annotations for every frame: {', '.join(missing)}")
+    report = combine(scores)
+    return {f"{prefix}_jf": report.jf_mean, f"{prefix}_j": report.j_mean, f"{prefix}_f": report.f_mean}
+
+
+def discovery_size(resolution: int) -> tuple[int, int]:
+    """Discovery input (H, W) for a model trained at `resolution`: upstream's 3:5, width a multiple of 16."""
+    return resolution, max(16, round(resolution * 5 / 3 / 16) * 16)
+
+
 def validate(job: str, task: Any, cfg: Any) -> dict[str, float]:
-    """{"val_jf", "val_j", "val_f"} of `task.model` on the first `cfg.val_videos` videos of `cfg.val_data`."""
+    """Validation metrics of `task.model` on the first `cfg.val_videos` videos of `cfg.val_data`."""
     if job not in ("smtc", "stmae"):
         raise ValueError(f"validate: unknown job {job!r}")
-    videos = list_videos(cfg.val_data, "davis", "val")[:max(cfg.val_videos, 1)]
+    count = max(cfg.val_videos, 1)
+    videos = list_videos(cfg.val_data, "davis", "val")[:count]
     if not videos:
         raise ValueError(f"--val_data {cfg.val_data}: no videos in ImageSets/2017/val.txt")
     model = task.model
@@ -31,13 +51,15 @@ def validate(job: str, task: Any, cfg: Any) -> dict[str, float]:
     try:
         if job == "smtc":
             scores = [propagation_video(model.encoder, v, device, SMTC_A).scores for v in videos]
-        else:
-            settings = VOSSettings(size=0, amp=device.type == "cuda")
-            scores = [segment_video(model, VOSVideo(v, "D17"), device, settings).scores for v in videos]
+            out = _metrics("val", scores, videos, cfg.val_data)
+            unsup = list_videos(cfg.val_data, "davis", "val", unsupervised=True)[:count]
+            if all(v.annotations for v in unsup):
+                settings = DiscoverySettings(size=discovery_size(cfg.resolution), seed=cfg.seed)
+                scores = [discover_video(model, v, device, settings).scores for v in unsup]
+                out |= _metrics("val_disc", scores, unsup, cfg.val_data)
+            return out
+        settings = VOSSettings(size=0, amp=device.type == "cuda")
+        scores = [segment_video(model, VOSVideo(v, "D17"), device, settings).scores for v in videos]
+        return _metrics("val", scores, videos, cfg.val_data)
     finally:
         model.train(was_training)
-    missing = [v.id for v, s in zip(videos, scores) if s is None]
-    if missing:
-        raise ValueError(f"--val_data {cfg.val_data}: videos without annotations for every frame: {', '.join(missing)}")
-    report = combine(scores)
-    return {"val_jf": report.jf_mean, "val_j": report.j_mean, "val_f": report.f_mean}

@@ -14,7 +14,8 @@ import torch
 from PIL import Image
 
 from raytrain.eval.davis import SequenceScores
-from shards.layout import Video
+from shards.errors import NotFound, UserError
+from shards.layout import Video, image_problem
 
 
 @dataclass
@@ -30,8 +31,12 @@ class VideoResult:
 
 def read_rgb(video: Video, index: int) -> np.ndarray:
     """Frame `index` of `video` as RGB uint8 [H, W, 3]."""
-    with Image.open(io.BytesIO(video.read(video.jpegs[index]))) as im:
-        return np.array(im.convert("RGB"))
+    try:
+        with Image.open(io.BytesIO(video.read(video.jpegs[index]))) as im:
+            return np.array(im.convert("RGB"))
+    except (OSError, SyntaxError, ValueError) as e:
+        raise UserError(f"video {video.id!r}, frame {video.frames[index]}: {video.jpegs[index]}: cannot decode "
+                        f"it ({image_problem(e)})") from None
 
 
 def read_clip(video: Video) -> torch.Tensor:
@@ -56,20 +61,50 @@ def read_png(video: Video, frame: str) -> tuple[np.ndarray, list[int] | None]:
     """The annotation of `frame` as an id map [H, W] and its palette (None when not a P-mode PNG)."""
     path = video.annotations.get(frame)
     if path is None:
-        raise FileNotFoundError(f"video {video.id!r}: no annotation PNG for frame {frame}")
-    with Image.open(io.BytesIO(video.read(path))) as im:
-        palette = im.getpalette() if im.mode == "P" else None
-        ids = np.array(im)
+        raise NotFound(f"video {video.id!r}: no annotation PNG for frame {frame}")
+    try:
+        with Image.open(io.BytesIO(video.read(path))) as im:
+            palette = im.getpalette() if im.mode == "P" else None
+            ids = np.array(im)
+    except (OSError, SyntaxError, ValueError) as e:
+        raise UserError(f"video {video.id!r}, frame {frame}: {path}: cannot decode it ({image_problem(e)})") from None
     if ids.ndim != 2:
-        raise ValueError(f"{path}: expected a single-channel (P or L mode) PNG of object ids, got mode {im.mode}")
+        raise UserError(f"video {video.id!r}, frame {frame}: {path}: expected a single-channel (P or L mode) PNG "
+                        f"of object ids, got mode {im.mode}")
     return ids, palette
 
 
+def missing_annotations(video: Video) -> list[str]:
+    """The frames without an annotation PNG, for a video annotated beyond its first frame (partial ground truth,
+    which cannot be scored); [] for complete ground truth and for none (at most frame 0, as in DAVIS test-dev)."""
+    missing = [f for f in video.frames if f not in video.annotations]
+    return [] if [f for f in video.frames if f in video.annotations] in ([], video.frames[:1]) else missing
+
+
+def partial_ground_truth(videos: Sequence[Video]) -> str:
+    """`seq: frames, ...` for the videos whose ground truth is partial (empty when none is)."""
+    partial = {v.id: missing_annotations(v) for v in videos}
+    return "; ".join(f"{name}: no annotation PNG for frame{'s' * (len(m) > 1)} {', '.join(m[:8])}"
+                     + (f" and {len(m) - 8} more" if len(m) > 8 else "") for name, m in partial.items() if m)
+
+
 def read_ground_truth(video: Video) -> np.ndarray | None:
-    """Id maps [T, H, W] of every frame, or None when some frame has no annotation (e.g. DAVIS test-dev)."""
+    """Id maps [T, H, W] of every frame, or None when at most the first frame is annotated (DAVIS test-dev: no
+    ground truth to score). Partial ground truth is an error naming the missing frames, and an annotation whose
+    size differs from its frame's one naming the frame."""
     if any(f not in video.annotations for f in video.frames):
+        partial = partial_ground_truth([video])
+        if partial:
+            raise UserError(f"video {partial}; a sequence is scored on every frame")
         return None
-    return np.stack([read_png(video, f)[0] for f in video.frames])
+    maps = []
+    for f in video.frames:
+        ids = read_png(video, f)[0]
+        if ids.shape != (video.height, video.width):
+            raise UserError(f"video {video.id!r}, frame {f}: the annotation is {ids.shape[1]}x{ids.shape[0]}, the "
+                            f"frames are {video.width}x{video.height}")
+        maps.append(ids)
+    return np.stack(maps)
 
 
 def encode_png(ids: np.ndarray, palette: Sequence[int] | bytes | None) -> bytes:

@@ -61,6 +61,7 @@ class VOSSettings:
     top_k: int = 30
     size: int = 480  # shorter side; <= 0: original size
     amp: bool = True  # bf16 autocast (CUDA only)
+    max_mem_frames: int = 0  # memory frames kept besides those with given masks (0: unbounded)
 
 
 def is_youtube(dataset: str) -> bool:
@@ -144,7 +145,8 @@ def segment_video(model: STMAE, item: VOSVideo, device: torch.device, settings: 
     if palette is None and item.dataset != "D16":  # D16 grey-level annotations are written back as such
         palette = list(YTVOS_PALETTE if is_youtube(item.dataset) else DAVIS_PALETTE)
     preds = propagate_video(model, Frames(video), given, mem_every=settings.mem_every, top_k=settings.top_k,
-                            size=settings.size, device=device, amp=settings.amp and device.type == "cuda")
+                            size=settings.size, max_mem_frames=settings.max_mem_frames, device=device,
+                            amp=settings.amp and device.type == "cuda")
     scores = None
     if not is_youtube(item.dataset):
         gt = read_ground_truth(video)

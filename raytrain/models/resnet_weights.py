@@ -16,6 +16,9 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from raytrain.models.weights import read_weights_file
+from shards.errors import NotFound, UserError
+
 _RESNET_PREFIXES = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.", "layer4.")
 
 
@@ -23,21 +26,24 @@ def read_resnet_state(path: str | Path) -> dict[str, torch.Tensor]:
     """The ResNet state dict stored in `path` (torchvision or timm format), with wrappers and prefixes removed."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"ResNet weights not found: {path}")
+        raise NotFound(f"ResNet weights not found: {path}")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
-        obj = load_file(str(path))
+        try:
+            obj = load_file(str(path))
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+            raise UserError(f"{path}: not a readable safetensors file ({e})") from None
     else:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = read_weights_file(path)
     for wrapper in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]
     if not isinstance(obj, dict):
-        raise ValueError(f"{path}: expected a ResNet state dict, got {type(obj).__name__}")
+        raise UserError(f"{path}: expected a ResNet state dict, got {type(obj).__name__}")
     state = {k.removeprefix("module."): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if "conv1.weight" not in state or not any(k.startswith("layer1.") for k in state):
-        raise ValueError(f"{path}: not a torchvision/timm ResNet state dict (no conv1.weight / layer1.*; "
-                         f"first keys: {', '.join(list(state)[:4])})")
+        raise UserError(f"{path}: not a torchvision/timm ResNet state dict (no conv1.weight / layer1.*; "
+                        f"first keys: {', '.join(list(state)[:4])})")
     return state
 
 
@@ -60,7 +66,7 @@ def load_resnet(target: nn.Module, path: str | Path, rename: dict[str, str] | No
         if src_name not in state:
             if name.endswith("num_batches_tracked"):
                 continue
-            raise ValueError(f"{path}: missing '{src_name}' (needed for '{name}'); is it the right ResNet depth?")
+            raise UserError(f"{path}: missing '{src_name}' (needed for '{name}'); is it the right ResNet depth?")
         src = state[src_name]
         if src.shape != tensor.shape:
             if name == "conv1.weight" and src.shape[0] == tensor.shape[0] and src.shape[2:] == tensor.shape[2:] \
@@ -69,8 +75,8 @@ def load_resnet(target: nn.Module, path: str | Path, rename: dict[str, str] | No
                 nn.init.orthogonal_(extra)
                 src = torch.cat([src, extra], 1)
             else:
-                raise ValueError(f"{path}: '{src_name}' has shape {tuple(src.shape)} but '{name}' needs "
-                                 f"{tuple(tensor.shape)}; is it the right ResNet depth?")
+                raise UserError(f"{path}: '{src_name}' has shape {tuple(src.shape)} but '{name}' needs "
+                                f"{tuple(tensor.shape)}; is it the right ResNet depth?")
         updates[name] = src.to(dtype=tensor.dtype)
     with torch.no_grad():
         for name, src in updates.items():

@@ -33,6 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from raytrain.models.stmae_modules import FeatureFusionBlock, UpsampleBlock, aggregate
+from shards.errors import UserError
 
 VALUE_DIM_KEY = "value_encoder.fuser.block2.conv2.weight"
 
@@ -207,11 +208,11 @@ def checkpoint_weights(obj: Any, source: str) -> dict[str, torch.Tensor]:
             break
         obj = obj[wrapper]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{source}: not a state dict (or {{'network': state dict}})")
+        raise UserError(f"{source}: not a state dict (or {{'network': state dict}})")
     weights = {k.removeprefix("module."): v for k, v in obj.items()}
     if VALUE_DIM_KEY not in weights:
         keys = ", ".join(list(weights)[:4])
-        raise ValueError(f"{source}: not an STMAE checkpoint: '{VALUE_DIM_KEY}' is missing (first keys: {keys})")
+        raise UserError(f"{source}: not an STMAE checkpoint: '{VALUE_DIM_KEY}' is missing (first keys: {keys})")
     return weights
 
 
@@ -232,7 +233,7 @@ def from_weights(weights: dict[str, torch.Tensor], source: str = "state dict") -
     try:
         model.load_state_dict(weights)
     except RuntimeError as e:
-        raise ValueError(f"{source}: does not match the STMAE architecture: {e}") from None
+        raise UserError(f"{source}: does not match the STMAE architecture: {e}") from None
     return model
 
 

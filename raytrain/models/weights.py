@@ -18,15 +18,25 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
+from raytrain.runtime import torch_load_problem
+from shards.errors import NotFound, UserError
+
 _STRIP = ("module.", "backbone.")
 
 
-def _load(path: str | Path) -> Any:
+def read_weights_file(path: str | Path) -> Any:
+    """`torch.load(weights_only=True)` of a weights file (argparse.Namespace allowed, for DINO's `args`).
+
+    NotFound / UserError name the file; torch's own advice to load with weights_only=False is never given.
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"weights file {path} does not exist")
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        return torch.load(path, map_location="cpu", weights_only=True)
+        raise NotFound(f"weights file {path} does not exist")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch.load fails on foreign bytes in many ways (IndexError, ...)
+        raise UserError(f"{path}: {torch_load_problem(e)}") from None
 
 
 def _strip(key: str) -> str:
@@ -56,7 +66,7 @@ def _check_and_load(module: nn.Module, state: Mapping[str, Tensor], path: str | 
         if wrong_shape:
             parts.append("shape mismatch for " + ", ".join(
                 f"{k} (file {tuple(state[k].shape)}, model {tuple(expected[k].shape)})" for k in wrong_shape[:5]))
-        raise ValueError("; ".join(parts))
+        raise UserError(f"{parts[0]} {'; '.join(parts[1:])}")
     module.load_state_dict(state, strict=True)
 
 
@@ -77,27 +87,27 @@ def vit_state_dict(obj: Any, path: str | Path, which: str = "teacher") -> dict[s
         obj = encoder or smtc  # no encoder.* keys: a bare ViT under 'model' (DeiT-style checkpoints)
     elif isinstance(obj, Mapping) and ("teacher" in obj or "student" in obj):
         if which not in obj:
-            raise ValueError(f"{path} is a DINO training checkpoint without a '{which}' entry "
-                             f"(has: {', '.join(map(str, obj))})")
+            raise UserError(f"{path} is a DINO training checkpoint without a '{which}' entry "
+                            f"(has: {', '.join(map(str, obj))})")
         obj = obj[which]
     elif isinstance(obj, Mapping) and "state_dict" in obj:  # timm training checkpoint
         obj = obj["state_dict"]
     if not _is_state_dict(obj):
-        raise ValueError(f"{path} holds no state dict of tensors (top-level type {type(obj).__name__})")
+        raise UserError(f"{path} holds no state dict of tensors (top-level type {type(obj).__name__})")
     state = {_strip(k): v for k, v in obj.items()}
     return {k: v for k, v in state.items() if not k.startswith("head.")}
 
 
 def load_vit_weights(encoder: nn.Module, path: str | Path, which: str = "teacher") -> None:
     """Load a DINO / timm / SMTC file into a `ViTEncoder`; `which` picks the DINO training checkpoint entry."""
-    _check_and_load(encoder, vit_state_dict(_load(path), path, which), path, "ViT-S/16 backbone")
+    _check_and_load(encoder, vit_state_dict(read_weights_file(path), path, which), path, "ViT-S/16 backbone")
 
 
 def load_smtc_weights(model: nn.Module, path: str | Path) -> None:
     """Load an SMTC checkpoint (upstream release or this project's task state) into an `SMTC` model."""
-    obj = _load(path)
+    obj = read_weights_file(path)
     smtc = _smtc_state(obj)
     obj = obj if smtc is None else smtc
     if not _is_state_dict(obj):
-        raise ValueError(f"{path} holds no SMTC state dict (expected 'model_state_dict' or 'model')")
+        raise UserError(f"{path} holds no SMTC state dict (expected 'model_state_dict' or 'model')")
     _check_and_load(model, {k.removeprefix("module."): v for k, v in obj.items()}, path, "SMTC")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -23,7 +24,8 @@ from ray.train.torch import TorchTrainer
 from raytrain.config import TRAIN_CONFIGS, RunConfig, from_dict, to_dict
 from raytrain.data.pipeline import DataHealth, clip_batches
 from raytrain.data.plan import ClipSource, StreamConfig
-from raytrain.runtime import load_checkpoint_state, remove_stale_checkpoint_folders, run_dir, write_checkpoint
+from raytrain.runtime import (CheckpointError, remove_stale_checkpoint_folders, resume_state, run_dir,
+                              write_checkpoint)
 from raytrain.train.smtc_task import SMTCTask
 from raytrain.train.stmae_task import STMAETask
 from shards.pack import read_index
@@ -38,7 +40,8 @@ Validate = Callable[[str, Any, Any], dict[str, float]]
 
 def stream_config(job: str, cfg: Any, rank: int, world_size: int) -> StreamConfig:
     common = dict(kind=job, seed=cfg.seed, rank=rank, world_size=world_size, batch_size=cfg.batch_size,
-                  steps=cfg.steps, clips_per_video=cfg.clips_per_video, num_frames=cfg.num_frames)
+                  steps=cfg.steps, clips_per_video=cfg.clips_per_video, num_frames=cfg.num_frames,
+                  decode=cfg.decode)
     if job == "smtc":
         return StreamConfig(size=cfg.resolution, gap=cfg.gap, **common)
     return StreamConfig(size=cfg.crop, max_skip=tuple(cfg.max_skip), max_skip_at=tuple(cfg.max_skip_at),
@@ -65,10 +68,61 @@ def _maybe_fail(step: int, rank: int) -> None:
         os._exit(1)
 
 
+def route_logs(verbose: bool) -> None:
+    """raytrain's log lines to stdout (forwarded to the driver's console) through a handler of their own.
+
+    Unless `verbose`, Ray's lines that repeat at every report or stream start stay off the console (Ray
+    Data's keep going to its log files): Train's "Reporting training result" (its logger is named after
+    its file, so `RunConfig.logging_config` does not reach it), Ray Data's per-Dataset INFO lines and its
+    notice that progress bars are off.
+    """
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    ours = logging.getLogger("raytrain")
+    ours.handlers[:] = [handler]
+    ours.setLevel(logging.INFO)
+    ours.propagate = False
+    if verbose:
+        return
+    from ray.train.v2._internal.execution import context as train_context
+
+    train_context.logger.setLevel(logging.WARNING)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+    for h in logging.getLogger("ray.data").handlers:
+        if isinstance(h, logging.StreamHandler):  # the console; Ray Data's file handlers are not streams
+            h.setLevel(logging.WARNING)
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    return f"{m // 60}h{m % 60:02d}m" if m >= 60 else f"{m}m{s:02d}s"
+
+
+def progress_line(job: str, step: int, steps: int, metrics: dict[str, float], eta_s: float | None = None) -> str:
+    """`[job] step s/N | loss (terms) | val J&F | clips/s | data wait | skipped | ETA` (what is known)."""
+    parts = [f"[{job}] step {step}/{steps}"]
+    if "loss" in metrics:
+        terms = " ".join(f"{k[5:]} {v:.3f}" for k, v in sorted(metrics.items()) if k.startswith("loss_"))
+        parts.append(f"loss {metrics['loss']:.4f}" + (f" ({terms})" if terms else ""))
+    if "val_jf" in metrics:
+        parts.append(f"val J&F {metrics['val_jf']:.3f} (J {metrics['val_j']:.3f} F {metrics['val_f']:.3f})")
+    if "val_disc_jf" in metrics:
+        parts.append(f"discovery J&F {metrics['val_disc_jf']:.3f}")
+    if "clips_per_s" in metrics:
+        parts.append(f"{metrics['clips_per_s']:.1f} clips/s, data wait {100 * metrics['data_wait']:.0f}%")
+    skipped = {k[8:]: int(v) for k, v in metrics.items() if k.startswith("skipped_") and v}
+    if "clips_per_s" in metrics:
+        parts.append("skipped " + (" ".join(f"{k} {v}" for k, v in skipped.items()) if skipped else "0"))
+    if eta_s is not None:
+        parts.append(f"ETA {_duration(eta_s)}")
+    return " | ".join(parts)
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     job = config["job"]
     cfg = from_dict(TRAIN_CONFIGS[job], config["cfg"])
-    validate: Validate | None = config["validate"]
+    validate: Validate | None = config["validate"] if cfg.val_data else None
+    route_logs(cfg.verbose)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     if ctx.get_local_rank() == 0:
@@ -77,15 +131,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     torch.manual_seed(cfg.seed)  # identical initialisation on every rank
     task = TASKS[job](cfg, device)
 
-    step, starts = 0, []
+    step, starts, curve = 0, [], []  # curve: the loss and validation metrics at every report (rank 0)
     ckpt = ray.train.get_checkpoint()
-    if ckpt:
-        with ckpt.as_directory() as d:
-            state = load_checkpoint_state(d)
-        task.load_state_dict(state["task"])
-        step, starts = int(state["step"]), list(state["starts"])
+    if ckpt:  # the newest intact checkpoint: a damaged or half-copied one is skipped, and named
+        state, where = resume_state(ckpt, log.warning if rank == 0 else None)
+        try:
+            task.load_state_dict(state["task"])
+        except (RuntimeError, KeyError, ValueError) as e:  # e.g. --allow_config_change with another shape
+            raise CheckpointError(f"checkpoint {where}: does not fit the model these flags build "
+                                  f"({str(e).strip().splitlines()[0]})") from None
+        step, starts, curve = int(state["step"]), list(state["starts"]), list(state.get("curve", []))
         if rank == 0:
-            log.info("[%s] resuming %s from step %d", job, config["name"], step)
+            log.info("[%s] resuming %s from step %d (%s)", job, config["name"], step, where)
     starts.append(step)  # where each (re)start of the run began
 
     source = ray.put(ClipSource.from_index(cfg.data, read_index(cfg.data)))
@@ -97,9 +154,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if rank == 0:
         from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(config["tensorboard_dir"], purge_step=step + 1)  # drop events past the checkpoint
+        if step == 0 and validate is not None:  # where the run starts from
+            val = validate(job, task, cfg)
+            curve.append({"step": 0, **val})
+            for k, v in val.items():
+                writer.add_scalar(f"train/{k}", v, 0)
+            log.info(progress_line(job, 0, cfg.steps, val))
 
     sums: dict[str, float] = defaultdict(float)
     n, wait, t0 = 0, 0.0, time.perf_counter()
+    first_step, started = step, t0
     while step < cfg.steps:
         t_wait = time.perf_counter()
         batch = next(batches)
@@ -119,21 +183,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         skipped = ray.get(health.snapshot.remote())["counts"]
         metrics.update(step=step, **{f"skipped_{k}": v for k, v in skipped.items()})
         checkpoint = None
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            if rank == 0:
-                if cfg.val_data and validate is not None:
-                    metrics.update(validate(job, task, cfg))
-                checkpoint = ray.train.Checkpoint.from_directory(write_checkpoint({"task": task.state_dict(), "step": step,
-                                               "sampler": {"seed": cfg.seed, "world_size": world,
-                                                           "batch_size": cfg.batch_size},
-                                               "starts": starts, "config": to_dict(cfg), "job": job}))
+        at_checkpoint = step % cfg.checkpoint_every == 0 or step == cfg.steps
+        if rank == 0 and at_checkpoint and validate is not None:
+            metrics.update(validate(job, task, cfg))
+        if rank == 0:
+            curve.append({k: v for k, v in metrics.items() if k in ("step", "loss") or k.startswith("val_")})
+        if rank == 0 and at_checkpoint:
+            checkpoint = ray.train.Checkpoint.from_directory(write_checkpoint(
+                {"task": task.state_dict(), "step": step, "curve": curve, "starts": starts, "config": to_dict(cfg),
+                 "sampler": {"seed": cfg.seed, "world_size": world, "batch_size": cfg.batch_size}, "job": job}))
         if writer is not None:
             for k, v in metrics.items():
                 writer.add_scalar(f"train/{k}", v, step)
             writer.flush()
+            eta = (time.perf_counter() - started) / (step - first_step) * (cfg.steps - step)
             # Logged, not printed: Ray Train sends a worker's print to the console twice.
-            log.info("[%s] step %d/%d %s", job, step, cfg.steps,
-                     " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "step"))
+            log.info(progress_line(job, step, cfg.steps, metrics, eta))
         # The temp folder is removed once Train has copied it to storage: a long run must not fill the disk.
         ray.train.report(metrics, checkpoint=checkpoint, delete_local_checkpoint_after_upload=True)
         sums.clear()
@@ -160,6 +225,7 @@ def make_trainer(job: str, cfg: RunConfig, callbacks: list | None = None,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
             name=name, storage_path=storage, callbacks=callbacks, worker_runtime_env={"env_vars": env},
+            logging_config=ray.train.LoggingConfig(log_level="INFO" if cfg.verbose else "WARNING"),
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=3)),
     )

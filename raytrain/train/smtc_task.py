@@ -88,7 +88,7 @@ class SMTCTask:
                          instance_mask=cfg.instance_mask)
         if cfg.dino_path:
             load_vit_weights(model.encoder, cfg.dino_path)
-        else:
+        elif self.rank == 0:
             log.warning("SMTC: no --dino_path given, the ViT-S/16 encoder starts from random weights")
         self.model = model.to(self.device)
         self.net: nn.Module = self.model
@@ -98,6 +98,7 @@ class SMTCTask:
         self.teacher = make_teacher(self.model)
         self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr)
         self.tau = STRICT_TAU if cfg.strict_filter else RELAXED_TAU
+        self.amp = self.device.type == "cuda"  # bf16 autocast of the forward passes (tests set it on the CPU too)
         self._rng_devices = [] if self.device.type != "cuda" else [
             self.device.index if self.device.index is not None else torch.cuda.current_device()]
 
@@ -135,7 +136,7 @@ class SMTCTask:
         self.teacher.eval()
         with torch.random.fork_rng(devices=self._rng_devices):
             torch.manual_seed(rng_seed)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                 out_s = self.net(view_s)
                 with torch.no_grad():
                     out_t = self.teacher(view_t)

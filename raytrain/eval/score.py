@@ -1,0 +1,160 @@
+"""Score a folder of result PNGs against DAVIS-2017 ground truth, as the official davis2017-evaluation does.
+
+`score_folder` reads `<results>/<sequence>/<frame>.png` for the sequences of `ImageSets/2017/<set>.txt`
+(`ImageSets/2019` for unsupervised test sets) or the ones given, the frames that have ground truth
+(semi-supervised: all but the first and last), and applies `raytrain.eval.davis`'s rules and metrics. It
+runs in this process, or with `num_workers > 1` as one Ray task per sequence (one CPU each) on the cluster
+Ray is connected to. Either way the per-sequence scores are the same and are combined in set order, so the
+numbers are too. Plain tasks rather than `raytrain.eval.distributed`'s actor pool: there is no model to
+hold, and tasks start on Ray's idle workers, where the pool first starts actor processes that import torch
+(seconds on a small machine, a large share of scoring a DAVIS-sized set).
+
+The model-evaluation jobs score their videos with the same `davis.score_semi` / `score_unsup` on the
+actors and finish through `write_results`, so there is one scorer.
+
+The DAVIS root and the results may be local folders or any URI pyarrow understands (`s3://`, `gs://`,
+`file://`). Bad input raises an error naming the sequence, frame or file: a sequence without a results
+folder or without ground truth, a missing frame, a PNG that is not single-channel or not at the GT size, an
+id above the first GT frame's object count (semi-supervised) or above `max_proposals` (unsupervised).
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import PurePath
+from typing import Any, Callable, Sequence
+
+import pyarrow.fs as pafs
+
+from raytrain.eval import davis
+from shards.errors import NotFound, UsageError, UserError
+from shards.layout import resolve
+
+TASKS = {"semi": davis.SEMI, "semi-supervised": davis.SEMI, "unsup": davis.UNSUP, "unsupervised": davis.UNSUP}
+
+
+def protocol(task: str) -> str:
+    """davis.SEMI or davis.UNSUP from `semi` / `unsup` (or the official names)."""
+    if task not in TASKS:
+        raise UsageError(f"--task must be semi or unsup (or semi-supervised / unsupervised), got {task!r}")
+    return TASKS[task]
+
+
+@dataclass(frozen=True)
+class SequenceJob:
+    """One sequence to score: where its ground truth and results are, and the protocol."""
+
+    sequence: str
+    davis_root: str
+    results: str
+    task: str
+    max_proposals: int = 20
+    gt_bytes: int = 0  # size of its ground-truth PNGs: what the fan-out orders by
+
+
+def score_sequence(job: SequenceJob) -> davis.SequenceScores:
+    return davis.per_sequence(job.davis_root, job.results, job.sequence, job.task, max_proposals=job.max_proposals)
+
+
+def _sizes(uri: str) -> dict[str, int]:
+    """Bytes of the PNGs one level below `uri`, per sub-folder (one listing)."""
+    fs, base = resolve(uri)
+    out: dict[str, int] = {}
+    for info in fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True)):
+        rel = info.path[len(base.rstrip("/")) + 1:].split("/")
+        if info.type == pafs.FileType.File and len(rel) == 2 and rel[1].endswith(".png"):
+            out[rel[0]] = out.get(rel[0], 0) + info.size
+    return out
+
+
+def _folders(uri: str) -> set[str]:
+    fs, base = resolve(uri)
+    info = fs.get_file_info(base)
+    if info.type != pafs.FileType.Directory:
+        raise NotFound(f"{uri}: results folder not found")
+    return {i.base_name for i in fs.get_file_info(pafs.FileSelector(base)) if i.type == pafs.FileType.Directory}
+
+
+def plan(davis_root: str, results: str, task: str, set_name: str = "val", sequences: Sequence[str] | None = None,
+         max_proposals: int = 20) -> list[SequenceJob]:
+    """The sequences to score, in set order, after checking that each has ground truth and a results folder."""
+    task = protocol(task)
+    davis_root, results = os.fspath(davis_root), os.fspath(results)
+    names = list(sequences) if sequences else davis.read_sequence_list(davis_root, set_name, task)
+    if not names:
+        raise UserError(f"no sequences to score (set {set_name!r} of {davis_root} is empty)")
+    gt = _sizes(davis.annotation_dir(davis_root, task))
+    no_gt = [s for s in names if s not in gt]
+    if no_gt:
+        raise NotFound(f"{davis.annotation_dir(davis_root, task)}: no ground truth for sequence(s) "
+                       f"{', '.join(repr(s) for s in no_gt[:5])}")
+    present = _folders(results)
+    missing = [s for s in names if s not in present]
+    if missing:
+        raise NotFound(f"{results}: no results folder for sequence(s) "
+                       f"{', '.join(repr(s) for s in missing[:5])} (expected <sequence>/<frame>.png)")
+    return [SequenceJob(s, davis_root, results, task, max_proposals, gt[s]) for s in names]
+
+
+def score_jobs(jobs: Sequence[SequenceJob], num_workers: int = 1, log: Callable[[str], None] = print
+               ) -> list[davis.SequenceScores]:
+    """Per-sequence scores in the order of `jobs`: in this process, or as Ray tasks, `num_workers` at a time.
+
+    Ray is initialised here if it is not yet. The largest sequences (by GT bytes) go out first, so no worker
+    is left with a long one at the end. A task whose worker dies is retried (twice); an error a sequence
+    raises (a bad file or id) is raised here as it is.
+    """
+    if num_workers <= 1:
+        return [score_sequence(j) for j in jobs]
+    import ray
+    from ray.exceptions import RayTaskError
+
+    task = ray.remote(num_cpus=1, max_retries=2)(score_sequence)
+    order = deque(sorted(range(len(jobs)), key=lambda i: -jobs[i].gt_bytes))
+    running: dict[Any, int] = {}
+    out: list[davis.SequenceScores | None] = [None] * len(jobs)
+    start = time.perf_counter()
+    while order or running:
+        while order and len(running) < num_workers:
+            i = order.popleft()
+            running[task.remote(jobs[i])] = i
+        (ref,), _ = ray.wait(list(running), num_returns=1)
+        i = running.pop(ref)
+        try:
+            out[i] = ray.get(ref)
+        except RayTaskError as e:
+            if isinstance(e.cause, (ValueError, FileNotFoundError)):
+                raise e.cause from None
+            raise
+        done = len(jobs) - len(order) - len(running)
+        elapsed = time.perf_counter() - start
+        log(f"[score] {done}/{len(jobs)} sequences ({jobs[i].sequence}), {done / elapsed:.2f} sequences/s")
+    return out  # type: ignore[return-value]
+
+
+def score_folder(davis_root: str | os.PathLike, results: str | os.PathLike, task: str, *, set_name: str = "val",
+                 sequences: Sequence[str] | None = None, num_workers: int = 1, max_proposals: int = 20,
+                 out: str | os.PathLike | None = None, log: Callable[[str], None] = print) -> davis.Report:
+    """Global and per-object DAVIS numbers of a results folder; with `out`, the official CSVs are written there."""
+    jobs = plan(os.fspath(davis_root), os.fspath(results), task, set_name, sequences, max_proposals)
+    scores = score_jobs(jobs, num_workers, log)
+    return write_results(scores, out, set_name)[0] if out is not None else davis.combine(scores)
+
+
+def summary_table(report: davis.Report, title: str) -> str:
+    """Markdown: the global row, then one row per object."""
+    cols = davis.GLOBAL_COLUMNS
+    lines = [f"### {title}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols),
+             "| " + " | ".join(f"{v:.3f}" for v in report.as_dict().values()) + " |", "",
+             "| Sequence | J-Mean | F-Mean |", "|---|---|---|"]
+    lines += [f"| {name} | {j:.3f} | {f:.3f} |" for name, j, f in report.objects]
+    return "\n".join(lines)
+
+
+def write_results(scores: Sequence[davis.SequenceScores], out: str | os.PathLike, set_name: str
+                  ) -> tuple[davis.Report, tuple[PurePath, PurePath]]:
+    """Combine per-sequence scores and write the official CSV files into `out` (a folder or a URI)."""
+    report = davis.combine(scores)
+    return report, davis.write_csv(report, out, set_name)

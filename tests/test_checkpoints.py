@@ -1,0 +1,112 @@
+"""Checkpoints that can be trusted: a manifest (size and SHA-256 of state.pt) written with each one and verified
+on load; a resume takes the newest intact checkpoint and names the ones it skipped; a resumed run's flags are
+compared with the checkpoint's.
+
+The slow test trains a run, cuts its newest checkpoint short, adds a newer half-copied folder, and submits
+the run again through the training front-end: it resumes from the previous checkpoint and ends at the
+planned step.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from ray.train import Checkpoint
+
+from conftest import pack_serially
+from raytrain.cli.checks import check_resume
+from raytrain.cli.train import main
+from raytrain.config import SMTCConfig, config_changes, parse, to_dict
+from raytrain.runtime import (MANIFEST, STATE_FILE, CheckpointError, checkpoint_folders, load_checkpoint_state,
+                              newest_intact, resume_state, write_checkpoint)
+from shards.errors import UsageError
+from shards.synth import write_ytvos
+
+
+def _run(root: Path, steps: tuple[int, ...], cfg: SMTCConfig) -> list[Path]:
+    for step in steps:
+        folder = root / f"checkpoint_2026-01-01_00-00-{step:02d}.000000"
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(write_checkpoint({"task": {"w": torch.full((256,), float(step))}, "step": step, "starts": [0],
+                                      "job": "smtc", "config": to_dict(cfg)}), folder)
+    return checkpoint_folders(root)
+
+
+def test_manifest_is_verified_and_the_newest_intact_checkpoint_is_found(tmp_path):
+    newest, middle, oldest = _run(tmp_path / "run", (2, 4, 6), SMTCConfig())
+    manifest = json.loads((newest / MANIFEST).read_text())
+    assert manifest["step"] == 6 and manifest["job"] == "smtc"
+    assert manifest["bytes"] == (newest / STATE_FILE).stat().st_size
+    data = (newest / STATE_FILE).read_bytes()
+    (newest / STATE_FILE).write_bytes(data[:len(data) // 2])  # cut short
+    raw = bytearray((middle / STATE_FILE).read_bytes())
+    raw[-30] ^= 0xFF  # same size, other bytes
+    (middle / STATE_FILE).write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match=rf"{newest.name}: state.pt has \d+ bytes, its manifest says"):
+        load_checkpoint_state(newest)
+    with pytest.raises(CheckpointError, match=rf"{middle.name}: state.pt does not match the SHA-256"):
+        load_checkpoint_state(middle)
+    found, manifest, skipped = newest_intact([newest, middle, oldest])
+    assert found == oldest and manifest["step"] == 2 and len(skipped) == 2
+    assert newest.name in skipped[0] and middle.name in skipped[1]
+
+    # What a resuming worker does with Train's latest checkpoint (here on the local filesystem).
+    warnings: list[str] = []
+    state, where = resume_state(Checkpoint(str(newest)), warnings.append)
+    assert state["step"] == 2 and where == str(oldest) and len(warnings) == 2
+
+
+def test_a_checkpoint_without_a_manifest_is_still_read_and_a_foreign_file_is_named(tmp_path):
+    (folder,) = _run(tmp_path / "old", (3,), SMTCConfig())
+    (folder / MANIFEST).unlink()  # written before manifests existed
+    assert load_checkpoint_state(folder)["step"] == 3
+    (folder / STATE_FILE).write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match=rf"checkpoint {folder}: not a torch file"):
+        load_checkpoint_state(folder)
+
+
+def test_resuming_with_other_flags_is_refused_unless_allowed(tmp_path, capsys):
+    cfg = parse(SMTCConfig, ["--data", str(tmp_path / "d"), "--storage_path", str(tmp_path), "--name", "r",
+                             "--batch_size", "2"])
+    _run(tmp_path / "r", (4,), cfg)
+    check_resume("smtc", dataclasses.replace(cfg, steps=20, log_every=1))  # where and how long: free to change
+    assert "resuming" in capsys.readouterr().out
+    changed = dataclasses.replace(cfg, batch_size=4, lr=1e-3)
+    assert config_changes(to_dict(cfg), changed) == ["--lr 2e-05 -> 0.001", "--batch_size 2 -> 4"]
+    with pytest.raises(UsageError, match=r"--lr 2e-05 -> 0.001, --batch_size 2 -> 4.*--allow_config_change"):
+        check_resume("smtc", changed)
+    check_resume("smtc", dataclasses.replace(changed, allow_config_change=True))
+    assert "with changed flags: --lr" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_damaged_newest_checkpoint_is_skipped_on_resubmission(ray_local, tmp_path, capsys):
+    write_ytvos(tmp_path / "yt", num_videos=3, num_frames=8, height=32, num_val=1, seed=2)
+    pack_serially(tmp_path / "yt", tmp_path / "shards", "ytvos", "train")
+    argv = ["--data", str(tmp_path / "shards"), "--storage_path", str(tmp_path / "runs"), "--name", "cut",
+            "--steps", "6", "--checkpoint_every", "2", "--log_every", "2", "--num_workers", "1", "--batch_size", "2",
+            "--resolution", "32", "--num_slots", "2", "--num_instance", "2", "--clips_per_video", "2",
+            "--num_frames", "2", "--gap", "1", "--grad_iter", "0", "--max_failures", "0"]
+    main("smtc", argv)
+    run = tmp_path / "runs" / "cut"
+    folders = checkpoint_folders(run)
+    assert [load_checkpoint_state(f)["step"] for f in folders] == [6, 4, 2]
+    newest = folders[0]
+    data = (newest / STATE_FILE).read_bytes()
+    (newest / STATE_FILE).write_bytes(data[:len(data) // 3])
+    half = run / "checkpoint_9999-01-01_00-00-00.000000"  # newer, but a copy to storage that was cut off
+    shutil.copytree(newest, half)
+    capsys.readouterr()
+
+    main("smtc", argv)  # the same command again
+    out = capsys.readouterr().out
+    assert f"skipped checkpoint {half}" in out and f"skipped checkpoint {newest}" in out
+    assert f"from {folders[1].name} (step 4)" in out
+    resumed, _, skipped = newest_intact(checkpoint_folders(run))
+    state = load_checkpoint_state(resumed)
+    assert state["step"] == 6 and state["starts"] == [0, 4]  # trained steps 5 and 6 again, from step 4
+    assert half.name in skipped[0]  # never taken for an intact one; left for the user to delete
