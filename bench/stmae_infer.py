@@ -169,7 +169,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"| {name(k)} | {row['frame']} | {row['held']} | {row['read_s']:.2f} | {row['cpu_s']:.1f} | "
                   f"{row['peak_mib']:.0f} |", flush=True)
 
-    print(f"\n3. J&F, {args.jf_videos} synthetic videos x {args.jf_frames} frames at {args.jf_height} px, mem_every 5\n")
+    print(f"\n3. J&F, {args.jf_videos} synthetic videos x {args.jf_frames} frames at {args.jf_height} px, "
+          "mem_every 5\n")
     rows = _jf(args)
     print("\n| memory | J&F | J | F | pixels unlike unbounded | s |")
     print("|---|---:|---:|---:|---:|---:|")

@@ -71,6 +71,14 @@ def pack_synthetic(root: Path, num_videos: int, yt_frames: int, davis_frames: in
     return root
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @contextlib.contextmanager
 def private_cluster(head: dict, node_cpus: tuple[int, ...] = ()) -> Iterator[tuple]:
     """A `ray.cluster_utils.Cluster` (head plus nodes of `node_cpus` CPUs) with this process connected to it.
@@ -84,6 +92,9 @@ def private_cluster(head: dict, node_cpus: tuple[int, ...] = ()) -> Iterator[tup
 
     root = tempfile.mkdtemp(prefix="rtc-", dir="/tmp")  # short: Ray's socket paths must fit 107 chars
     env = {"RAY_TMPDIR": root, "RAY_AUTH_MODE": "disabled", "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "600"}
+    if head.get("include_dashboard"):  # a free port (another Ray may hold 8265), and the state API pointed at it
+        head = {"dashboard_port": _free_port(), **head}
+        env["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{head['dashboard_port']}"
     saved = {k: os.environ.get(k) for k in (*env, "RAY_ADDRESS")}
     os.environ.update(env)  # inherited by the cluster's processes
     os.environ.pop("RAY_ADDRESS", None)

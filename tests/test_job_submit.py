@@ -58,11 +58,13 @@ def cluster():
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN")}
     env.update(RAY_AUTH_MODE="disabled", HOME=str(root / "home"), RAY_TMPDIR=str(root))
     (root / "home").mkdir()
-    port, dashboard = _free_port(), _free_port()
+    # Every port on its own: another Ray on the machine may hold the defaults (the job agent's 52365, say).
+    port, dashboard, agent, agent_grpc = _free_port(), _free_port(), _free_port(), _free_port()
     log = open(root / "head.log", "w")
     head = subprocess.Popen(
         ["ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--num-cpus=4",
+         f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
          "--disable-usage-stats", f"--temp-dir={temp_dir}"],
         env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{dashboard}"
