@@ -22,6 +22,7 @@ from typing import Any, Callable
 import torch
 
 from shards.errors import UserError
+from shards.pack import pid_alive
 
 STATE_FILE = "state.pt"
 MANIFEST = "manifest.json"  # size and SHA-256 of state.pt, step, job and config (written last)
@@ -102,21 +103,11 @@ def run_dir(cfg: Any, job: str) -> tuple[str, str]:
     return cfg.storage_path or str(Path("runs").resolve()), cfg.name or f"{job}-default"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by another user
-        pass
-    return True
-
-
 def remove_stale_checkpoint_folders() -> None:
     """Delete the temp checkpoint folders of processes that died before Train persisted and removed them."""
     for folder in Path(tempfile.gettempdir()).glob(f"{CKPT_PREFIX}*-*"):
         pid = folder.name[len(CKPT_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
 
 

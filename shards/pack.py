@@ -266,7 +266,8 @@ def read_index(out: str) -> pa.Table:
     return table
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` runs on this machine."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -314,7 +315,7 @@ def _locked(fs: pafs.FileSystem, folder: str, out: str) -> Iterator[tuple[str, s
     while not _create(fs, path, json.dumps({"pid": os.getpid(), "host": host, "run": run}).encode()):
         owner = _owner(fs, path)
         pid = owner.get("pid")
-        if owner.get("host") != host or not isinstance(pid, int) or _alive(pid) or stale is not None:
+        if owner.get("host") != host or not isinstance(pid, int) or pid_alive(pid) or stale is not None:
             where = f"pid {pid} on {owner.get('host')}" if owner else "unknown owner"
             raise UserError(f"{out}: another pack is writing into this folder ({path}: {where}); wait for it to "
                             f"finish, or delete that file if no pack is running")
