@@ -28,7 +28,6 @@ Every run's numbers are compared with the reference's or the serial ones.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import time
 from pathlib import Path
