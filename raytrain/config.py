@@ -35,10 +35,15 @@ def flag(default: Any, help: str) -> Any:  # noqa: A002 - mirrors argparse
 class RunConfig:
     """Fields shared by every training job (cluster, storage, logging)."""
 
-    data: str = flag("", "shard folder or URI (with index.parquet); empty: generate and pack a synthetic set")
+    data: list[str] = flag([], "shard folders or URIs (with index.parquet), each optionally FOLDER:WEIGHT (its "
+                               "videos are visited WEIGHT times per round; default 1), or a .json file listing "
+                               "{\"path\", \"weight\"} objects; empty: generate and pack a synthetic set")
     name: str = flag("", "run name; resubmitting the same name resumes the run (empty: derived from the job)")
     storage_path: str = flag("", "where checkpoints and logs go (local path, NFS or s3://); empty: ./runs")
     num_workers: int = flag(1, "Ray Train workers (one per GPU)")
+    min_workers: int = flag(0, "elastic training: after losing workers, go on with as few as this many (Ray "
+                               "Train restarts from the last checkpoint on the workers it can get, at the same "
+                               "global batch); 0: always --num_workers")
     use_gpu: bool = flag(False, "one GPU per worker, bf16 autocast")
     cpus_per_worker: float = flag(1.0, "CPUs reserved by each training worker")
     steps: int = flag(10000, "optimizer steps to train")
@@ -46,7 +51,12 @@ class RunConfig:
     log_every: int = flag(10, "steps between metric reports")
     max_failures: int = flag(3, "worker-group restarts from the last checkpoint before the run fails")
     seed: int = flag(0, "seed for sampling, augmentation and initialisation")
-    clips_per_video: int = flag(4, "clips cut from each video every time its shard is read")
+    clips_per_video: int = flag(1, "clips cut from a video at each visit (upstream: 1)")
+    shard_window: int = flag(16, "shard reads whose clips the plan shuffles together: a batch mixes the videos of "
+                                 "up to this many shards")
+    global_batch_size: int = flag(0, "clips per step over all workers, each worker taking global_batch_size / "
+                                     "num_workers (0: batch_size x num_workers); the clip stream depends on it, "
+                                     "not on the number of workers")
     decode_workers: int = flag(0, "parallel decode tasks per training worker (0: Ray Data decides)")
     decode: str = flag("cpu", "where training frames are decoded: cpu (in the data tasks) | gpu (the data tasks ship "
                               "the JPEG bytes; the training worker decodes them in batches on its device; SMTC only)")
@@ -56,6 +66,10 @@ class RunConfig:
     verbose: bool = flag(False, "show Ray Train's and Ray Data's own INFO lines from the workers")
     allow_config_change: bool = flag(False, "resume a run although flags that change what it trains differ from "
                                             "its checkpoint's (the exact resume is lost)")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.data, str):  # a single folder, as configs saved before mixtures hold it
+            self.data = [self.data] if self.data else []
 
 
 @dataclass
@@ -93,6 +107,8 @@ class STMAEConfig(RunConfig):
     lr: float = flag(2e-5, "AdamW learning rate")
     weight_decay: float = flag(0.05, "AdamW weight decay")
     lr_decay_at: float = flag(85 / 370, "fraction of steps after which lr drops 10x (upstream: epoch 85 of 370)")
+    similarity: str = flag("dot", "memory-query key similarity: dot (upstream) | l2 (STCN's; learns from random "
+                                  "weights)")
     crop: int = flag(384, "training crop size (square)")
     max_skip: list[int] = flag([5, 10, 15, 10, 5], "max-skip curriculum values")
     max_skip_at: list[float] = flag([0.0, 35 / 370, 105 / 370, 175 / 370, 245 / 370],
@@ -103,16 +119,27 @@ class STMAEConfig(RunConfig):
     resnet18_path: str = flag("", "ImageNet ResNet-18 weights for the mask encoder")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if len(self.max_skip) != len(self.max_skip_at):
             raise UsageError("--max_skip and --max_skip_at need the same number of values")
 
 
 TRAIN_CONFIGS: dict[str, type[RunConfig]] = {"smtc": SMTCConfig, "stmae": STMAEConfig}
 
+
+def global_batch(cfg: Any) -> int:
+    """Clips per step over all workers: --global_batch_size, else --batch_size x --num_workers."""
+    return cfg.global_batch_size or cfg.batch_size * cfg.num_workers
+
+
+def worker_batch(cfg: Any, world_size: int) -> int:
+    """Clips per step of each of `world_size` workers (the global batch divides evenly, see `flag_problems`)."""
+    return global_batch(cfg) // world_size
+
 SMALL_SMTC = dict(steps=60, batch_size=2, num_slots=4, num_instance=2, resolution=128, grad_iter=20,
                   checkpoint_every=20, log_every=5, num_workers=2, lr=1e-4)
 SMALL_STMAE = dict(steps=40, batch_size=2, num_frames=4, num_ref_frames=2, crop=128,
-                   checkpoint_every=20, log_every=5, num_workers=2, lr=1e-4)
+                   checkpoint_every=20, log_every=5, num_workers=2, lr=1e-4, lr_decay_at=1.0, similarity="l2")
 SMALL_TRAIN = {"smtc": SMALL_SMTC, "stmae": SMALL_STMAE}
 
 
@@ -170,6 +197,8 @@ class EvalSTMAEConfig(EvalConfig):
     amp: bool = flag(True, "bf16 autocast on GPUs")
     max_mem_frames: int = flag(0, "memory frames kept besides frame 0 and the frames with given masks: the newest "
                                   "K (0: unbounded, as upstream)")
+    similarity: str = flag("dot", "key similarity of a released .pth: dot (upstream) | l2 (run checkpoints carry "
+                                  "their own)")
 
 
 @dataclass
@@ -341,7 +370,8 @@ _RULES: dict[type, list[Rule]] = {
         ("max_failures", _at_least(0), "at least 0"), ("seed", _at_least(0), "at least 0"),
         ("clips_per_video", _at_least(1), "at least 1"), ("decode_workers", _at_least(0), "at least 0"),
         ("grad_clip", _at_least(0), "at least 0"), ("val_videos", _at_least(1), "at least 1"),
-        ("decode", lambda v: v in ("cpu", "gpu"), "cpu or gpu"),
+        ("decode", lambda v: v in ("cpu", "gpu"), "cpu or gpu"), ("min_workers", _at_least(0), "at least 0"),
+        ("shard_window", _at_least(1), "at least 1"), ("global_batch_size", _at_least(0), "at least 0"),
     ],
     SMTCConfig: [
         ("num_slots", _at_least(1), "at least 1"), ("num_instance", _at_least(1), "at least 1"),
@@ -401,7 +431,27 @@ def flag_problems(cfg: Any) -> list[str]:
             for v in (value if name in searched and not sweep_rule else [value]):
                 if not ok(v):
                     problems.append(f"--{name} must be {text}, got {v!r}")
+    if not problems:
+        problems += _batch_problems(cfg)
     return list(dict.fromkeys(problems))
+
+
+def _batch_problems(cfg: Any) -> list[str]:
+    """Worker counts that the global batch does not divide evenly, and --min_workers above --num_workers."""
+    if not isinstance(cfg, RunConfig) or cfg.num_workers < 1 or cfg.batch_size < 1:
+        return []
+    if cfg.min_workers > cfg.num_workers:
+        return [f"--min_workers must be at most --num_workers ({cfg.num_workers}), got {cfg.min_workers}"]
+    counts = range(cfg.min_workers or cfg.num_workers, cfg.num_workers + 1)
+    bad = [w for w in counts if w and global_batch(cfg) % w]
+    if not bad:
+        return []
+    what = (f"--global_batch_size {cfg.global_batch_size}" if cfg.global_batch_size else
+            f"--batch_size {cfg.batch_size} x --num_workers {cfg.num_workers} = {global_batch(cfg)} clips per step")
+    if len(counts) == 1:
+        return [f"{what} must be divisible by --num_workers {cfg.num_workers}"]
+    return [f"{what} must be divisible by every worker count from --min_workers {cfg.min_workers} to "
+            f"--num_workers {cfg.num_workers} (not by {', '.join(map(str, bad))}); see --global_batch_size"]
 
 
 def check_flags(cfg: Any) -> None:
@@ -413,22 +463,36 @@ def check_flags(cfg: Any) -> None:
 
 # Flags a resumed run may change: where it runs and logs, and the initial weights (a resume loads the
 # checkpoint's). `steps` may grow or shrink: the lr schedule and the STMAE curriculum follow the new value.
+# The worker count and per-worker batch may change too, as long as the global batch does (`config_changes`).
 RESUME_FREE = frozenset({"name", "storage_path", "use_gpu", "cpus_per_worker", "checkpoint_every", "log_every",
                          "max_failures", "decode_workers", "decode", "val_data", "val_videos", "verbose",
-                         "allow_config_change", "steps", "dino_path", "resnet50_path", "resnet18_path"})
+                         "allow_config_change", "steps", "dino_path", "resnet50_path", "resnet18_path",
+                         "num_workers", "min_workers", "batch_size", "global_batch_size"})
+BATCH_FLAGS = ("batch_size", "num_workers", "global_batch_size")
 
 
 def config_changes(saved: dict[str, Any], cfg: Any) -> list[str]:
     """`--flag saved -> now` for each flag of `cfg` outside RESUME_FREE that differs from a checkpoint's saved
-    config (a flag the saved config lacks is compared with its default)."""
-    changes = []
+    config (a flag the saved config lacks is compared with its default), and the batch flags if the global
+    batch differs (the clip stream depends on it, not on how it is split between workers)."""
+    changes, defaults = [], {}
     for f in dataclasses.fields(cfg):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        defaults[f.name] = default
         if f.name in RESUME_FREE:
             continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         old, new = saved.get(f.name, default), getattr(cfg, f.name)
+        if isinstance(old, str) and isinstance(new, list):  # a single value, saved before the flag took several
+            old = [old] if old else []
         if isinstance(old, (list, tuple)) and isinstance(new, (list, tuple)):
             old, new = list(old), list(new)
         if old != new:
             changes.append(f"--{f.name} {old!r} -> {new!r}")
+    if isinstance(cfg, RunConfig):
+        before = dataclasses.replace(cfg, **{k: saved.get(k, defaults[k]) for k in BATCH_FLAGS})
+        if global_batch(before) != global_batch(cfg):
+            flags = [f"--{k} {getattr(before, k)!r} -> {getattr(cfg, k)!r}" for k in BATCH_FLAGS
+                     if getattr(before, k) != getattr(cfg, k)]
+            changes.append(f"{', '.join(flags)} (global batch {global_batch(before)} -> {global_batch(cfg)} clips; "
+                           f"--global_batch_size {global_batch(before)} keeps it on any number of workers)")
     return changes

@@ -3,8 +3,8 @@
 A checkpoint is a folder holding `state.pt` (a dict loadable with `torch.load(weights_only=True)`): the task's
 state, the step, the sampler, the run's config and job. Ray Train persists the folders a worker reports under
 `<storage_path>/<name>/checkpoint_*`; a run's name is deterministic, so resubmitting it resumes. Next to it,
-`manifest.json` holds the size and SHA-256 of state.pt (and the step, job and config): loading verifies them,
-and a resume takes the newest checkpoint that passes, naming those it skipped.
+`manifest.json` holds the size and SHA-256 of state.pt (and the step, job, config and sampler): loading verifies
+them, and a resume takes the newest checkpoint that passes, naming those it skipped.
 """
 from __future__ import annotations
 
@@ -131,7 +131,7 @@ def write_checkpoint(state: dict[str, Any]) -> str:
     tmp = os.path.join(folder, STATE_FILE + ".tmp")
     torch.save(state, tmp)
     manifest = {"file": STATE_FILE, "bytes": os.path.getsize(tmp), "sha256": _sha256(tmp),
-                **{k: state.get(k) for k in ("step", "job", "config")}}
+                **{k: state.get(k) for k in ("step", "job", "config", "sampler")}}
     os.replace(tmp, os.path.join(folder, STATE_FILE))
     with open(os.path.join(folder, MANIFEST + ".tmp"), "w") as f:
         json.dump(manifest, f)

@@ -27,12 +27,12 @@ from shards.errors import UsageError
 from shards.synth import write_ytvos
 
 
-def _run(root: Path, steps: tuple[int, ...], cfg: SMTCConfig) -> list[Path]:
+def _run(root: Path, steps: tuple[int, ...], cfg: SMTCConfig, sampler: dict | None = None) -> list[Path]:
     for step in steps:
         folder = root / f"checkpoint_2026-01-01_00-00-{step:02d}.000000"
         folder.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(write_checkpoint({"task": {"w": torch.full((256,), float(step))}, "step": step, "starts": [0],
-                                      "job": "smtc", "config": to_dict(cfg)}), folder)
+                                      "job": "smtc", "config": to_dict(cfg), "sampler": sampler}), folder)
     return checkpoint_folders(root)
 
 
@@ -76,7 +76,15 @@ def test_resuming_with_other_flags_is_refused_unless_allowed(tmp_path, capsys):
     check_resume("smtc", dataclasses.replace(cfg, steps=20, log_every=1))  # where and how long: free to change
     assert "resuming" in capsys.readouterr().out
     changed = dataclasses.replace(cfg, batch_size=4, lr=1e-3)
-    assert config_changes(to_dict(cfg), changed) == ["--lr 2e-05 -> 0.001", "--batch_size 2 -> 4"]
+    assert config_changes(to_dict(cfg), changed) == [
+        "--lr 2e-05 -> 0.001", "--batch_size 2 -> 4 (global batch 2 -> 4 clips; --global_batch_size 2 keeps it on "
+        "any number of workers)"]
+    # the worker count may change at the same global batch, and a checkpoint of the earlier plan is refused
+    assert config_changes(to_dict(cfg), dataclasses.replace(cfg, num_workers=2, global_batch_size=2)) == []
+    _run(tmp_path / "old", (4,), dataclasses.replace(cfg, name="old"),
+         sampler={"seed": 0, "world_size": 1, "batch_size": 2})
+    with pytest.raises(UsageError, match=r"the clip stream \(it was trained on the clip plan of an earlier version"):
+        check_resume("smtc", dataclasses.replace(cfg, name="old"))
     with pytest.raises(UsageError, match=r"--lr 2e-05 -> 0.001, --batch_size 2 -> 4.*--allow_config_change"):
         check_resume("smtc", changed)
     check_resume("smtc", dataclasses.replace(changed, allow_config_change=True))

@@ -12,13 +12,14 @@ import ray
 import torch
 
 from raytrain.config import to_dict
-from raytrain.config import SMTCConfig
+from raytrain.config import SMTCConfig, STMAEConfig
 from raytrain.eval import davis
-from raytrain.eval.distributed import EvalPool
+from raytrain.eval.distributed import EvalPool, item_cost
 from raytrain.eval.video_io import VideoResult
 from raytrain.cli.evaluate import main_smtc
 from raytrain.config import EvalSMTCConfig, EvalSTMAEConfig
 from raytrain.eval.models import build_model, smtc_spec, stmae_spec
+from raytrain.models.stmae import SIMILARITIES, STMAE
 from raytrain.train.smtc_task import SMTCTask
 
 # Functions of this module run inside Ray workers, where the tests folder is not importable.
@@ -87,6 +88,29 @@ def test_the_instance_mask_a_run_was_trained_with_is_the_one_it_is_evaluated_wit
         SMTCTask(SMTCConfig(num_slots=4, num_instance=2, resolution=64, instance_mask="hard"), "cpu")
 
 
+def test_the_key_similarity_a_stmae_run_was_trained_with_is_the_one_it_is_evaluated_with(tmp_path):
+    weights = STMAE(value_dim=64).state_dict()
+    for mode in SIMILARITIES:
+        run = tmp_path / mode
+        run.mkdir()
+        config = to_dict(STMAEConfig(similarity=mode))
+        torch.save({"task": {"model": weights}, "step": 1, "config": config, "job": "stmae"}, run / "state.pt")
+        other = "l2" if mode == "dot" else "dot"
+        spec = stmae_spec(EvalSTMAEConfig(checkpoint=str(run), similarity=other))
+        assert spec.arch["similarity"] == mode
+        assert build_model(spec, "cpu").similarity == mode
+    state = torch.load(tmp_path / "l2" / "state.pt", weights_only=True)
+    del state["config"]["similarity"]  # a run from before the option: dot products
+    (tmp_path / "old").mkdir()
+    torch.save(state, tmp_path / "old" / "state.pt")
+    assert build_model(stmae_spec(EvalSTMAEConfig(checkpoint=str(tmp_path / "old"))), "cpu").similarity == "dot"
+    torch.save(weights, tmp_path / "released.pth")  # a released file: the flag, upstream's dot by default
+    for mode in SIMILARITIES:
+        spec = stmae_spec(EvalSTMAEConfig(checkpoint=str(tmp_path / "released.pth"), similarity=mode))
+        assert build_model(spec, "cpu").similarity == mode
+    assert stmae_spec(EvalSTMAEConfig(similarity="l2")).arch["similarity"] == "l2"  # random weights too
+
+
 @pytest.mark.slow
 def test_two_actors_give_the_serial_numbers(ray_local, synth_davis, tmp_path, capsys, one_thread):
     common = ["--data", str(synth_davis), "--split", "all", "--overlays", "1", "--overlay_format", "png"]
@@ -115,6 +139,9 @@ class Job:
     id: str
     marker: str = ""  # the first actor to run this job dies, after leaving this file behind
     broken: bool = False  # the job raises an error (bad data)
+    frames: tuple[str, ...] = ()
+    height: int = 0
+    width: int = 0
 
 
 def _build(spec: int, device: torch.device) -> int:
@@ -147,3 +174,17 @@ def test_dead_actors_video_is_resubmitted_and_errors_name_the_video(ray_local, t
             pool.map([Job("x", broken=True)])
     finally:
         pool.shutdown()
+
+
+def test_the_largest_videos_go_out_first_and_results_keep_the_input_order(ray_local):
+    jobs = [Job("short", frames=("0",) * 5, height=10, width=10), Job("long", frames=("0",) * 50, height=10, width=10),
+            Job("wide", frames=("0",) * 5, height=10, width=200), Job("none")]
+    assert [item_cost(j) for j in jobs] == [500, 5000, 10000, 0]
+    arrived: list[str] = []
+    pool = EvalPool(_build, 1, _work, num_actors=1, log=lambda line: None)
+    try:
+        results = pool.map(jobs, on_result=lambda i, r: arrived.append(r.name))
+    finally:
+        pool.shutdown()
+    assert arrived == ["wide", "long", "short", "none"]
+    assert [r.name for r in results] == ["short", "long", "wide", "none"]

@@ -14,9 +14,9 @@ import ray
 import torch
 
 from conftest import pack_synthetic
-from raytrain.data import decode, pipeline, plan
+from raytrain.data import decode, pipeline, plan, sources
 from raytrain.data.pipeline import DataHealth, clip_batches, coalesce
-from raytrain.data.plan import ClipSource, StreamConfig
+from raytrain.data.plan import ClipSource, Plan, StreamConfig
 from shards.errors import UserError
 from shards.pack import read_index
 
@@ -99,19 +99,42 @@ def test_resumed_stream_sees_the_same_clips(data, kind, folder):
 
 def test_blocks_end_on_batch_boundaries(data, monkeypatch):
     monkeypatch.setattr(pipeline, "BLOCK_BYTES", 1)  # blocks of three batches and more
-    cfg = _cfg("smtc", batch_size=2, clips_per_video=12)
+    cfg = _cfg("smtc", batch_size=2, clips_per_video=3)
     shards = str(data / "yt_shards")
     source = ClipSource.from_index(shards, read_index(shards))
-    items = plan.plan_items(source, cfg, 0, 60)
+    per_item = pipeline.steps_per_item(source, cfg)
+    items = plan.plan_items(0, 7 * per_item, per_item)
     blocks = list(pipeline.clip_dataset(ray.put(source), cfg, items).iter_batches(batch_size=None))
-    item_ends = {plan.item_end(source, cfg, item) for item in items}
+    assert len(blocks) == len(items) == 7
+    assert np.concatenate([b["position"] for b in blocks]).tolist() == list(range(7 * per_item * cfg.batch_size))
     cut = 1.1 * 3 * cfg.batch_size
-    assert len(blocks) > len(items)
-    for b in blocks:
-        assert (np.diff(b["position"]) == 1).all()
-        end = b["position"][-1] + 1
-        if end not in item_ends:  # a chunk inside a shard read: whole batches, 1.1-1.43x the target
-            assert end % cfg.batch_size == 0 and cut <= len(b["position"]) < cut + cfg.batch_size
+    for b in blocks:  # whole batches, 1.1-1.43x the target
+        assert len(b["position"]) % cfg.batch_size == 0 and cut <= len(b["position"]) < cut + cfg.batch_size
+
+
+def test_a_mixture_streams_each_source_at_its_weight(data):
+    """DAVIS x3 + YouTube-VOS through the real stream: every batch holds the frames its index row names, and a
+    round holds each DAVIS video three times, each YouTube-VOS video once."""
+    mixed = sources.load_source([f"{data / 'davis_shards'}:3", str(data / "yt_shards")])
+    assert mixed.weights == (3, 1)
+    cfg = _cfg("smtc", clips_per_video=1, batch_size=3, steps=8)
+    rows = read_index(str(data / "davis_shards")).to_pylist() + read_index(str(data / "yt_shards")).to_pylist()
+    stream = Plan(mixed, cfg)
+    batches = list(itertools.islice(clip_batches(ray.put(mixed), cfg), cfg.steps))
+    ordinals = [o for b in batches for o in b["video_ordinal"].tolist()]
+    assert ordinals == [c.video_ordinal for c in stream.rank_clips(0, cfg.steps)]
+    davis = sum(len(v) for v, owner in zip(mixed.videos, mixed.shard_source) if owner == 0)
+    n = stream.round_length
+    assert n == 3 * davis + (len(rows) - davis)
+    first_round = [stream.clip(p).video_ordinal for p in range(n)]
+    assert all(first_round.count(o) == (3 if o < davis else 1) for o in range(len(rows)))
+    for b in batches[:2]:
+        for i, ordinal in enumerate(b["video_ordinal"].tolist()):
+            folder = data / ("davis/JPEGImages/480p" if ordinal < davis else "yt/train/JPEGImages")
+            names = rows[ordinal]["frames"]
+            for t, k in enumerate(b["frame_idx"][i].tolist()):
+                src = (folder / rows[ordinal]["video"] / f"{names[k]}.jpg").read_bytes()
+                assert np.array_equal(b["frames"][i, t].permute(1, 2, 0).numpy(), decode.smtc_frame(src, 32))
 
 
 def test_members_are_read_in_runs_split_at_large_gaps():
@@ -200,5 +223,5 @@ def test_two_worker_trainer_gets_equal_batches(data, tmp_path):
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert len(ranks[0]["batches"]) == len(ranks[1]["batches"]) == 5
     assert all(n == 4 for r in ranks for n, _ in r["batches"])
-    assert ranks[0]["batches"] != ranks[1]["batches"]  # each rank streams its own shards
+    assert ranks[0]["batches"] != ranks[1]["batches"]  # each rank streams its own slice of the global batches
     assert ranks[0]["bias"][0] == ranks[0]["bias"][1]  # DDP kept the replicas in sync

@@ -3,8 +3,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from raytrain.data import plan, sampling
-from raytrain.data.plan import ClipSource, StreamConfig
+from raytrain.data import plan, sampling, sources
+from raytrain.data.plan import ClipSource, Plan, StreamConfig
+from shards.errors import UsageError
 
 
 @pytest.mark.parametrize("length", [20, 40, 100])
@@ -86,59 +87,124 @@ def test_max_skip_schedule_and_stride():
     assert sampling.frame_stride(["00000", "00001"]) == 1
 
 
-def _rows(num_shards=3, videos=4, frames=30, annotate_first=True):
+def _rows(num_shards=3, videos=4, frames=30, annotate_first=True, prefix="v", step=5):
     rows = []
     for s in range(num_shards):
         for v in range(videos):
-            names = [f"{5 * i:05d}" for i in range(frames - v)]
+            names = [f"{step * i:05d}" for i in range(frames - v)]
             annotated = names if annotate_first or v else names[1:]
-            members = sorted([f"v{s}{v}.{n}.jpg" for n in names] + [f"v{s}{v}.{n}.png" for n in annotated])
-            rows.append({"shard": f"s-{s:06d}.tar", "video": f"v{s}{v}", "frames": names, "annotated": annotated,
+            video = f"{prefix}{s}{v}"
+            members = sorted([f"{video}.{n}.jpg" for n in names] + [f"{video}.{n}.png" for n in annotated])
+            rows.append({"shard": f"s-{s:06d}.tar", "video": video, "frames": names, "annotated": annotated,
                          "members": members, "sizes": [1000] * len(members),
                          "offsets": [1536 * (k + 1) for k in range(len(members))]})
     return rows
 
 
-def _source(**kw):
-    return ClipSource.from_index("/data/shards", pa.Table.from_pylist(_rows(**kw)))
+def _source(root="/data/shards", weight=1, layout=None, split=None, **kw):
+    return ClipSource.from_index(root, pa.Table.from_pylist(_rows(**kw)), weight, layout, split)
 
 
 def _cfg(**kw):
     base = dict(kind="smtc", seed=3, rank=0, world_size=1, batch_size=4, steps=50, clips_per_video=2,
-                num_frames=4, size=64)
+                num_frames=4, size=64, shard_window=2)
     return StreamConfig(**{**base, **kw})
 
 
 def _stream(source, cfg, start_step=0):
-    start = start_step * cfg.batch_size
-    items = plan.plan_items(source, cfg, start, (cfg.steps - start_step) * cfg.batch_size)
-    return [c for item in items for c in plan.item_clips(source, cfg, item)]
+    return Plan(source, cfg).rank_clips(start_step, cfg.steps - start_step)
 
 
 def test_plan_is_deterministic_and_resumes_exactly():
     src, cfg = _source(), _cfg()
     full = _stream(src, cfg)
-    assert [c.position for c in full] == list(range(len(full)))
+    assert [c.position for c in full] == list(range(cfg.steps * cfg.batch_size))
     assert full == _stream(src, cfg)
     resumed = _stream(src, cfg, start_step=7)
     assert resumed[0].position == 7 * cfg.batch_size
-    assert resumed == full[7 * cfg.batch_size: 7 * cfg.batch_size + len(resumed)]
-    assert len(full) >= cfg.steps * cfg.batch_size
-    assert full[-1].position < (cfg.steps + 2 * 4) * cfg.batch_size  # no more than one item beyond
+    assert resumed == full[7 * cfg.batch_size:]
     assert all(c.step == c.position // cfg.batch_size for c in full)
     assert _stream(src, _cfg(seed=4))[:20] != full[:20]
 
 
-def test_ranks_read_disjoint_shard_reads():
-    src = _source(num_shards=4)
-    seqs = []
-    for r in range(2):
-        it = plan.rank_items(4, _cfg(rank=r, world_size=2))
-        seqs.append([next(it) for _ in range(6)])
-    assert not set(seqs[0]) & set(seqs[1])
-    assert {s for _, s in seqs[0][:2] + seqs[1][:2]} == {0, 1, 2, 3}  # round 0 split between the ranks
-    for r in range(2):
-        assert len(_stream(src, _cfg(rank=r, world_size=2))) >= 50 * 4
+def test_a_round_visits_every_video_clips_per_video_times():
+    src, cfg = _source(num_shards=5), _cfg(clips_per_video=2, shard_window=3)
+    plan_ = Plan(src, cfg)
+    assert plan_.round_length == 5 * 4 * 2
+    for rnd in range(3):
+        clips = [plan_.clip(p) for p in range(rnd * plan_.round_length, (rnd + 1) * plan_.round_length)]
+        videos = [c.video for c in clips]
+        assert sorted(set(videos)) == sorted(r["video"] for r in _rows(num_shards=5))
+        assert all(videos.count(v) == 2 for v in videos)
+
+
+def test_global_stream_is_the_same_at_every_world_size():
+    """Planned only: the clips of each global batch, in order, at 1, 2 and 4 workers (global batch 8)."""
+    src = _source(num_shards=6)
+    steps = 20
+    one = Plan(src, _cfg(batch_size=8, steps=steps)).rank_clips(0, steps)
+    for world in (2, 4):
+        plans = [Plan(src, _cfg(rank=r, world_size=world, batch_size=8 // world, steps=steps))
+                 for r in range(world)]
+        per_rank = [p.rank_clips(0, steps) for p in plans]
+        b = 8 // world
+        joined = [c for s in range(steps) for clips in per_rank for c in clips[s * b:(s + 1) * b]]
+        assert joined == one
+        assert plans[1].global_batch(5) == one[40:48]
+
+
+def test_batches_mix_videos_and_shards_as_reported():
+    """`batch_mixing` counts what `rank_clips` plans; a window of shard reads and one clip per video mix
+    batches far more than one shard at a time with 4 clips per video (the earlier plan)."""
+    src = _source(num_shards=8, videos=6)
+    mixed = Plan(src, _cfg(batch_size=6, world_size=2, clips_per_video=1, shard_window=4))
+    stats = plan.batch_mixing(mixed, 30)
+    counted = [len({c.video_ordinal for c in mixed.rank_clips(s, 1, r)}) for r in (0, 1) for s in range(30)]
+    assert stats["videos"] == np.mean(counted) and stats["batch"] == 6
+    single = plan.batch_mixing(Plan(src, _cfg(batch_size=6, world_size=2, clips_per_video=4, shard_window=1)), 30)
+    assert stats["videos"] > 5.5 > single["videos"]
+    assert stats["shards"] > 3 > 1.5 > single["shards"]
+
+
+def test_mixture_proportions_over_a_round_match_the_weights():
+    davis = _source("/data/davis", weight=5, layout="davis", prefix="d", num_shards=2, videos=3)
+    yt = _source("/data/yt", weight=1, layout="ytvos", prefix="y", num_shards=4, videos=4)
+    src = ClipSource.mix([davis, yt])
+    assert src.roots == ("/data/davis", "/data/yt") and src.url(2) == "/data/yt/s-000000.tar"
+    assert len({v.ordinal for vs in src.videos for v in vs}) == 2 * 3 + 4 * 4
+    cfg = _cfg(batch_size=8, clips_per_video=1, shard_window=4)
+    mixed = Plan(src, cfg)
+    assert mixed.round_length == 5 * 6 + 16
+    for rnd in range(2):
+        clips = [mixed.clip(p) for p in range(rnd * mixed.round_length, (rnd + 1) * mixed.round_length)]
+        counts = {v: [c.video for c in clips].count(v) for v in {c.video for c in clips}}
+        assert len(counts) == 6 + 16
+        assert all(n == (5 if v.startswith("d") else 1) for v, n in counts.items())
+        # the five visits of a video are different clips
+        d = [c for c in clips if c.video == "d00"]
+        assert len({c.seed for c in d}) == 5
+
+
+def test_each_source_keeps_its_layout_rule():
+    """STMAE max-skip 10: jumps of up to 10 frames in a DAVIS source, 10 // 5 = 2 in a YouTube-VOS one, though
+    both name their frames 00000, 00001, ... here (the rule follows the source's layout, as upstream)."""
+    davis = _source("/data/davis", layout="davis", split="train", prefix="d", step=1)
+    yt = _source("/data/yt", layout="ytvos", split="train", prefix="y", step=1)
+    assert {v.stride for vs in davis.videos + yt.videos for v in vs} == {1, 5}
+    cfg = _cfg(kind="stmae", num_frames=6, steps=60, max_skip=(10,), max_skip_at=(0.0,))
+    clips = _stream(ClipSource.mix([davis, yt]), cfg)
+    jumps = {p: max(max(np.diff(c.frame_idx)) for c in clips if c.video.startswith(p)) for p in "dy"}
+    assert jumps["y"] == 2 and 2 < jumps["d"] <= 10
+    # without a recorded layout, the frame names decide: stride-5 names are YouTube-VOS train's
+    assert {v.stride for vs in _source().videos for v in vs} == {5}
+
+
+def test_resume_over_a_mixture_is_exact():
+    src = ClipSource.mix([_source("/a", weight=3, prefix="a", num_shards=2), _source("/b", prefix="b")])
+    for world in (1, 2):
+        cfg = _cfg(world_size=world, rank=world - 1, steps=40, clips_per_video=1, shard_window=3)
+        full = _stream(src, cfg)
+        assert _stream(src, cfg, start_step=13) == full[13 * cfg.batch_size:]
 
 
 def test_stmae_plan_uses_max_skip_schedule_and_needs_annotated_first_frame():
@@ -161,3 +227,32 @@ def test_stmae_plan_uses_max_skip_schedule_and_needs_annotated_first_frame():
         names = [r["frames"][i] for i in c.frame_idx]
         assert list(c.jpg) == [span[f"{c.video}.{n}.jpg"] for n in names]
         assert list(c.png) == [span.get(f"{c.video}.{n}.png") for n in names]
+
+
+@pytest.mark.parametrize("data,message", [
+    (["shards/a:0"], "--data shards/a:0: the weight after ':' must be a positive integer, got '0'"),
+    (["shards/a:x"], "--data shards/a:x: the weight after ':' must be a positive integer, got 'x'"),
+    (["shards/a:2", "shards/a/"], "--data names shards/a more than once"),
+    ([":3"], "--data :3: no shard folder before ':'"),
+])
+def test_malformed_data_specs_are_refused(data, message):
+    with pytest.raises(UsageError) as e:
+        sources.parse_data(data)
+    assert str(e.value).startswith(message)
+
+
+def test_data_specs_with_weights_uris_and_json(tmp_path):
+    assert sources.parse_data(["shards/d:5", "s3://bucket/yt", "s3://b/yt:2"]) == [
+        ("shards/d", 5), ("s3://bucket/yt", 1), ("s3://b/yt", 2)]
+    spec = tmp_path / "mix.json"
+    spec.write_text('[{"path": "davis", "weight": 5}, {"path": "/abs/yt"}]')
+    assert sources.parse_data([str(spec)]) == [(f"{tmp_path}/davis", 5), ("/abs/yt", 1)]
+    spec.write_text('[{"path": "davis", "weight": 1.5}]')
+    with pytest.raises(UsageError, match="weight of davis must be a positive integer, got 1.5"):
+        sources.parse_data([str(spec)])
+    spec.write_text('{"davis": 5}')
+    with pytest.raises(UsageError, match="expected a non-empty JSON list"):
+        sources.parse_data([str(spec)])
+    listing = tmp_path / "mix.yaml"
+    listing.write_text("- {path: davis, weight: 5}\n- path: s3://bucket/yt\n")
+    assert sources.parse_data([str(listing)]) == [(f"{tmp_path}/davis", 5), ("s3://bucket/yt", 1)]

@@ -56,6 +56,16 @@ def test_readout_is_softmax_over_memory_dot_products():
     assert ((softmax_affinity(similarity(mk, qk), top_k=5) > 0).sum(1) == 5).all()
 
 
+def test_l2_similarity_is_stcns_negative_squared_distance_under_the_softmax():
+    g = torch.Generator().manual_seed(1)
+    mk, qk = torch.randn(2, 16, 30, generator=g), torch.randn(2, 16, 12, generator=g)
+    distance = torch.cdist(mk.transpose(1, 2), qk.transpose(1, 2)).pow(2)  # B, N, P
+    torch.testing.assert_close(softmax_affinity(similarity(mk, qk, "l2")), torch.softmax(-distance / 4, dim=1))
+    assert not torch.allclose(similarity(mk, qk, "l2"), similarity(mk, qk))
+    with pytest.raises(ValueError, match="--similarity must be one of dot, l2, got 'cosine'"):
+        STMAE(value_dim=64, similarity="cosine")
+
+
 def test_topk_softmax_finite_on_large_similarities():
     sim = 3000 + 500 * torch.randn(1, 200, 16, generator=torch.Generator().manual_seed(0))
     values = sim.topk(30, dim=1).values

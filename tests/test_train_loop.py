@@ -4,6 +4,7 @@ same run name resumes it."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -14,9 +15,11 @@ import pytest
 import torch
 
 from conftest import pack_synthetic
+from raytrain.cli.checks import check_resume
 from raytrain.config import SMTCConfig, STMAEConfig
 from raytrain.runtime import CKPT_PREFIX, load_checkpoint_state, remove_stale_checkpoint_folders
-from raytrain.train.loop import FAILURE_ENV, fit
+from raytrain.train.loop import CLIP_LOG_ENV, FAILURE_ENV, fit
+from shards.errors import UsageError
 
 pytestmark = pytest.mark.slow
 
@@ -72,6 +75,45 @@ def test_run_resumes_after_a_killed_worker_and_on_resubmission(job, shards, tmp_
     more = fit(job, dataclasses.replace(cfg, steps=16))  # resubmitting the same run name resumes it
     state = load_checkpoint_state(more.checkpoint.path)
     assert state["step"] == 16 and state["starts"] == [0, 4, 12]
+
+
+def _clip_log(folder: Path) -> dict[int, list[tuple]]:
+    """step -> the (position, video, frames) of every clip trained on at that step, ranks in order."""
+    rows = [json.loads(line) for f in sorted(folder.glob("*.jsonl")) for line in f.read_text().splitlines()]
+    steps: dict[int, list[tuple]] = {}
+    for r in sorted(rows, key=lambda r: (r["step"], r["rank"])):
+        steps.setdefault(r["step"], []).extend(zip(r["positions"], r["videos"], map(tuple, r["frames"])))
+    return steps
+
+
+def test_a_run_resumed_on_fewer_workers_trains_on_the_same_clips(shards, tmp_path, monkeypatch):
+    """A 2-worker run checkpointed at step 3 and resubmitted on 1 worker at the same global batch trains on
+    exactly the clips, step by step, that an uninterrupted 2-worker run trains on."""
+    cfg = SMTCConfig(data=[str(shards / "yt_shards")], storage_path=str(tmp_path / "runs"), resolution=32,
+                     num_slots=2, num_instance=2, batch_size=2, grad_iter=0, num_workers=2, steps=6,
+                     checkpoint_every=3, log_every=3, max_failures=0)
+
+    def run(name: str, log: str, **changes) -> None:
+        folder = tmp_path / log
+        folder.mkdir(exist_ok=True)
+        monkeypatch.setenv(CLIP_LOG_ENV, str(folder))
+        fit("smtc", dataclasses.replace(cfg, name=name, **changes))
+
+    run("whole", "whole")
+    run("moved", "moved", steps=3)
+    resumed = dataclasses.replace(cfg, name="moved", num_workers=1, global_batch_size=4)
+    check_resume("smtc", resumed)  # the driver accepts it: the global batch is the same
+    with pytest.raises(UsageError, match=r"--num_workers 2 -> 1 \(global batch 4 -> 2 clips; --global_batch_size 4"):
+        check_resume("smtc", dataclasses.replace(resumed, global_batch_size=0))
+    run("moved", "moved", num_workers=1, global_batch_size=4)
+
+    whole, moved = _clip_log(tmp_path / "whole"), _clip_log(tmp_path / "moved")
+    assert sorted(whole) == sorted(moved) == list(range(6))
+    for step in range(6):
+        assert [p for p, _, _ in whole[step]] == list(range(4 * step, 4 * step + 4))
+        assert moved[step] == whole[step], f"step {step}"
+    state = load_checkpoint_state(next((tmp_path / "runs" / "moved").glob("checkpoint_*")))
+    assert state["sampler"]["global_batch_size"] == 4
 
 
 def test_temp_checkpoints_of_dead_processes_are_removed(tmp_path, monkeypatch):

@@ -13,34 +13,31 @@ import torch
 
 from raytrain.config import check_flags, config_changes
 from raytrain.data import plan
-from raytrain.data.plan import ClipSource
+from raytrain.data.sources import load_source
 from raytrain.models.resnet_weights import load_resnet
 from raytrain.models.smtc import INSTANCE_MASKS
-from raytrain.models.stmae import STMAE
+from raytrain.models.stmae import SIMILARITIES, STMAE
 from raytrain.models.vit import vit_small
 from raytrain.models.weights import load_vit_weights
 from raytrain.runtime import (CheckpointError, checkpoint_folders, cluster_address, load_checkpoint_state, run_dir,
                               verify_checkpoint)
-from raytrain.train.loop import stream_config
+from raytrain.train.loop import stream_config, stream_mismatch
 from shards.errors import UsageError, UserError, naming
 from shards.layout import list_videos
-from shards.pack import read_index
 
 
 def check_data(job: str, cfg: Any) -> None:
-    """`--data` holds a shard index with videos the job's clip sampler can use."""
-    with naming("--data", cfg.data):
-        index = read_index(cfg.data)
-        try:
-            source = ClipSource.from_index(cfg.data, index)
-        except (KeyError, TypeError, ValueError) as e:
-            raise UserError(f"{cfg.data}: the index does not match its shards' members ({e!r}); re-pack") from None
+    """Every source of `--data` holds a shard index with videos the job's clip sampler can use."""
+    source = load_source(cfg.data)
     scfg = stream_config(job, cfg, 0, cfg.num_workers)
-    if not any(plan.clips_in_shard(source, s, scfg) for s in range(len(source.shards))):
-        need = (f"{plan.sampling.smtc_min_length(cfg.num_frames)} frames" if job == "smtc"
-                else f"{cfg.num_frames} frames and an annotated first frame")
-        raise UserError(f"--data {cfg.data}: none of its {index.num_rows} videos can give a {cfg.num_frames}-frame "
-                        f"{job} clip (a video needs {need}; see --num_frames)")
+    need = (f"{plan.sampling.smtc_min_length(cfg.num_frames)} frames" if job == "smtc"
+            else f"{cfg.num_frames} frames and an annotated first frame")
+    for i, root in enumerate(source.roots):
+        shards = [s for s, owner in enumerate(source.shard_source) if owner == i]
+        if not any(plan.clips_in_shard(source, s, scfg) for s in shards):
+            videos = sum(len(source.videos[s]) for s in shards)
+            raise UserError(f"--data {root}: none of its {videos} videos can give a {cfg.num_frames}-frame "
+                            f"{job} clip (a video needs {need}; see --num_frames)")
 
 
 def check_val_data(cfg: Any) -> None:
@@ -97,6 +94,11 @@ def check_resume(job: str, cfg: Any) -> None:
     if saved.get("job") != job:
         raise UserError(f"--name {name}: {run} holds a {saved.get('job')!r} run, not {job!r}")
     changes = config_changes({**saved.get("config", {}), **({} if cfg.data else {"data": cfg.data})}, cfg)
+    if not changes and "sampler" not in saved:  # a manifest written before it recorded the clip stream
+        saved = load_checkpoint_state(newest)
+    why = stream_mismatch(saved.get("sampler"), cfg) if not changes else None
+    if why:
+        changes = [f"the clip stream ({why})"]
     if changes and not cfg.allow_config_change:
         raise UsageError(f"run {run} resumes from {newest.name} (step {saved.get('step')}), trained with other "
                          f"flags: {', '.join(changes)}. Give the same flags, another --name, or "
@@ -110,6 +112,8 @@ def check_training(job: str, cfg: Any, resume: bool = True) -> None:
     check_flags(cfg)
     if job == "smtc" and cfg.instance_mask not in INSTANCE_MASKS:
         raise UsageError(f"--instance_mask must be one of {', '.join(INSTANCE_MASKS)}, got {cfg.instance_mask!r}")
+    if job == "stmae" and cfg.similarity not in SIMILARITIES:
+        raise UsageError(f"--similarity must be one of {', '.join(SIMILARITIES)}, got {cfg.similarity!r}")
     if cfg.use_gpu and cluster_address() is None and not torch.cuda.is_available():
         raise UsageError("--use_gpu: this machine has no GPU that torch can use, and no Ray cluster to join "
                          "(RAY_ADDRESS or `ray start`)")
@@ -128,12 +132,13 @@ def check_resources(cfg: Any) -> None:
     import ray
 
     have = ray.cluster_resources()
-    need = {"CPU": cfg.num_workers * cfg.cpus_per_worker, **({"GPU": float(cfg.num_workers)} if cfg.use_gpu else {})}
+    least = cfg.min_workers or cfg.num_workers  # an elastic run starts with what it can get, from min_workers on
+    need = {"CPU": least * cfg.cpus_per_worker, **({"GPU": float(least)} if cfg.use_gpu else {})}
     short = ", ".join(f"{v:g} {k} (the cluster has {have.get(k, 0):g})" for k, v in need.items()
                       if v > have.get(k, 0))
     if not short:
         return
-    what = (f"--num_workers {cfg.num_workers} x --cpus_per_worker {cfg.cpus_per_worker:g}"
+    what = (f"--{'min' if cfg.min_workers else 'num'}_workers {least} x --cpus_per_worker {cfg.cpus_per_worker:g}"
             f"{' with --use_gpu' if cfg.use_gpu else ''} needs {short}")
     if cluster_address() is None:
         raise UsageError(f"{what}: this machine's private Ray cannot start the workers")

@@ -30,6 +30,7 @@ from raytrain.eval.report import MaskWriter, finish, output_folder, upload
 from raytrain.eval.video_io import VideoResult, partial_ground_truth
 from raytrain.eval.vos import DATASETS, VOSSettings, is_youtube, list_vos_videos, mask_folder, segment_video, write_submission
 from raytrain.models.smtc import INSTANCE_MASKS
+from raytrain.models.stmae import SIMILARITIES
 from raytrain.runtime import init_ray
 from shards.errors import UsageError, UserError, naming
 from shards.cache import synthetic_davis, synthetic_vos
@@ -123,8 +124,9 @@ def main_smtc(argv: Sequence[str] | None = None) -> dict[str, Any]:
 def main_stmae(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """`python jobs/eval_stmae.py [flags]`: STMAE on DAVIS-2016/2017 or YouTube-VOS 2018/2019."""
     cfg = _prepare(EvalSTMAEConfig, argv, SMALL_EVAL_STMAE)
-    if cfg.dataset not in DATASETS:
-        raise UsageError(f"--dataset must be one of {', '.join(DATASETS)}, got {cfg.dataset!r}")
+    for flag, value, choices in (("dataset", cfg.dataset, DATASETS), ("similarity", cfg.similarity, SIMILARITIES)):
+        if value not in choices:
+            raise UsageError(f"--{flag} must be one of {', '.join(choices)}, got {value!r}")
     spec = _spec(cfg, stmae_spec)
     data = cfg.data or synthetic_vos(cfg.dataset, cfg.seed)
     with naming("--data", data):

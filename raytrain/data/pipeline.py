@@ -1,10 +1,11 @@
 """Ray Data clip streaming: WebDataset shards -> planned clips -> decoded, fixed-shape tensors.
 
-One rank's stream is a Ray Dataset over its planned shard reads (`raytrain.data.plan`):
+One rank's stream is a Ray Dataset over its slices of the planned global batches (`raytrain.data.plan`):
 
-    from_items(reads) -> map_batches(load_clips)   one CPU task per shard read: ranged reads (pyarrow.fs)
-                                                   of just the planned members, at the offsets the index
-                                                   holds; decode and resize / augment in chunks of clips
+    from_items(tasks) -> map_batches(load_clips)   one CPU task per run of steps (about one output block):
+                                                   ranged reads (pyarrow.fs) of just the planned members of
+                                                   each shard its clips come from, at the offsets the index
+                                                   holds; decode and resize / augment
                       -> iter_torch_batches        fixed-shape tensors for the training loop
 
 With `--decode gpu` (SMTC) the tasks only read: they ship the JPEG bytes, and the training worker decodes and
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 from dataclasses import asdict
 from typing import Any, Iterable, Iterator
 
@@ -26,7 +28,7 @@ import ray
 import torch
 
 from raytrain.data import decode, device_decode, plan
-from raytrain.data.plan import ClipSource, Item, Span, StreamConfig
+from raytrain.data.plan import ClipSource, Item, Plan, Span, StreamConfig
 from shards.errors import UserError
 from shards.layout import resolve
 
@@ -71,6 +73,7 @@ def _skip_counts(health: Any) -> str:
 
 
 _SOURCES: dict[str, ClipSource] = {}
+_PLANS: dict[tuple[int, StreamConfig], Plan] = {}
 
 
 def _source(ref: Any) -> ClipSource:
@@ -81,6 +84,16 @@ def _source(ref: Any) -> ClipSource:
     if key not in _SOURCES:
         _SOURCES[key] = ray.get(ref)
     return _SOURCES[key]
+
+
+def _plan(src: ClipSource, cfg: StreamConfig) -> Plan:
+    """The Plan of a source and stream, built once per process."""
+    key = (id(src), cfg)
+    if key not in _PLANS:
+        if len(_PLANS) > 8:
+            _PLANS.clear()
+        _PLANS[key] = Plan(src, cfg)
+    return _PLANS[key]
 
 
 def coalesce(spans: Iterable[Span], max_gap: int) -> list[tuple[int, int, list[Span]]]:
@@ -121,23 +134,27 @@ def read_spans(url: str, spans: Iterable[Span], health: Any = None) -> dict[Span
 
 
 def read_item(src: ClipSource, cfg: StreamConfig, item: Item, health: Any = None) -> list[dict[str, Any]]:
-    """One planned shard read -> its clips, with the raw frame (and mask) bytes."""
-    clips = plan.item_clips(src, cfg, item)
+    """One data task's planned clips, with the raw frame (and mask) bytes: the members each shard holds for
+    them are read together."""
+    clips = _plan(src, cfg).rank_clips(item.step, item.steps)
     masks = cfg.kind == "stmae"
-    url = src.url(item.shard)
-    members = read_spans(url, [s for c in clips for s in c.jpg + (c.png if masks else ()) if s], health)
+    members: dict[int, dict[Span, memoryview]] = {}
+    for shard in dict.fromkeys(c.shard for c in clips):
+        spans = [s for c in clips if c.shard == shard for s in c.jpg + (c.png if masks else ()) if s]
+        members[shard] = read_spans(src.url(shard), spans, health)
     out = []
     for c in clips:
-        missing = [k for k, s in enumerate(c.jpg) if s not in members]
+        found = members[c.shard]
+        missing = [k for k, s in enumerate(c.jpg) if s not in found]
         if missing:
-            _report(health, "clip", f"{url}: {c.video} frame {c.frame_idx[missing[0]]}",
+            _report(health, "clip", f"{src.url(c.shard)}: {c.video} frame {c.frame_idx[missing[0]]}",
                     "member missing or unreadable")
             continue
-        clip = {"jpgs": [members[s] for s in c.jpg], "frame_idx": np.asarray(c.frame_idx, np.int64),
+        clip = {"jpgs": [found[s] for s in c.jpg], "frame_idx": np.asarray(c.frame_idx, np.int64),
                 "position": c.position, "step": c.step, "seed": c.seed, "video_ordinal": c.video_ordinal,
                 "video": c.video}
         if masks:
-            clip["pngs"] = [members.get(s, b"") if s else b"" for s in c.png]
+            clip["pngs"] = [found.get(s, b"") if s else b"" for s in c.png]
         out.append(clip)
     return out
 
@@ -215,12 +232,23 @@ def block_bytes(cfg: StreamConfig) -> int:
     return BLOCK_BYTES if cfg.decode == "gpu" else max(BLOCK_BYTES, 3 * cfg.batch_size * clip_bytes(cfg))
 
 
+def steps_per_item(src: ClipSource, cfg: StreamConfig) -> int:
+    """Steps of one data task: the fewest whole batches that fill 1.1x Ray Data's target block size
+    (`block_bytes`), with JPEG bytes (`--decode gpu`) estimated from the index's mean frame size."""
+    if cfg.decode == "gpu":
+        sizes = [size for videos in src.videos for v in videos for _, size in v.jpg]
+        clip = cfg.num_frames * sum(sizes) / max(len(sizes), 1)
+    else:
+        clip = clip_bytes(cfg)
+    return max(1, math.ceil(1.1 * block_bytes(cfg) / (clip * cfg.batch_size)))
+
+
 def load_clips(items: dict[str, np.ndarray], *, source: Any, cfg: dict[str, Any], block: int,
                health: Any = None) -> Iterator[dict[str, np.ndarray]]:
-    """Ray Data map_batches: planned shard reads -> their decoded clips, one output block at a time.
+    """Ray Data map_batches: data tasks -> their decoded clips, one output block at a time.
 
-    Reading and decoding share one task, so the compressed bytes never pass through the object store and
-    each CPU runs one shard read end to end. Every yielded chunk but the last of a read ends on a batch
+    Reading and decoding share one task, so the compressed bytes never pass through the object store. A task
+    covers whole batches (`steps_per_item`), and every yielded chunk but the last of a task ends on a batch
     boundary and holds 1.1-1.43x Ray Data's target block size `block` (three batches or more, see
     `block_bytes`). Ray Data merges blocks under the target and slices those over 1.5x, so it keeps each
     chunk as one block, and a batch that lies in one block reaches the trainer without being copied.
@@ -230,14 +258,14 @@ def load_clips(items: dict[str, np.ndarray], *, source: Any, cfg: dict[str, Any]
     encoded = scfg.decode == "gpu"
     finish = encoded_clips if encoded else decode_clips
     cut = 1.1 * block if encoded else 1.1 * block / clip_bytes(scfg)  # bytes, or decoded clips, per chunk
-    for i in range(len(items["shard"])):
-        item = Item(**{k: int(items[k][i]) for k in ("round", "shard", "position", "skip")})
+    for i in range(len(items["step"])):
+        item = Item(int(items["step"][i]), int(items["steps"][i]))
         chunk: list[dict[str, Any]] = []
         filled = 0
         for clip in read_item(src, scfg, item, health):
             chunk.append(clip)
             filled += sum(map(len, clip["jpgs"])) if encoded else 1
-            if filled >= cut and (clip["position"] + 1) % scfg.batch_size == 0:
+            if filled >= cut and len(chunk) % scfg.batch_size == 0:
                 yield finish(chunk, scfg, health)
                 chunk, filled = [], 0
         if chunk:
@@ -246,7 +274,7 @@ def load_clips(items: dict[str, np.ndarray], *, source: Any, cfg: dict[str, Any]
 
 def clip_dataset(source: ClipSource | Any, cfg: StreamConfig, items: list[Item], health: Any = None,
                  decode_tasks: int = 0) -> ray.data.Dataset:
-    """The clips of the planned `items`, as a lazy Ray Dataset in deterministic order.
+    """The clips of the planned data tasks `items`, as a lazy Ray Dataset in deterministic order.
 
     `source` is a ClipSource or an object ref to one (pass a ref when many tasks need it); `decode_tasks`
     caps the concurrent shard-read tasks (0: as many as there are free CPUs).
@@ -269,28 +297,29 @@ def clip_dataset(source: ClipSource | Any, cfg: StreamConfig, items: list[Item],
 def clip_batches(source: ClipSource | Any, cfg: StreamConfig, start_step: int = 0, health: Any = None,
                  device: torch.device | str = "cpu", decode_tasks: int = 0, prefetch_batches: int = 2
                  ) -> Iterator[dict[str, torch.Tensor]]:
-    """One rank's endless stream of fixed-size batches of tensors on `device`, from `start_step` on.
+    """One rank's endless stream of fixed-size batches of tensors on `device`, from `start_step` on: its slice
+    of each planned global batch.
 
     Batch: "frames" uint8 B x T x 3 x S x S (channels-last in memory: the view of how frames are decoded;
-    call `.contiguous()` where an op needs it), "frame_idx" B x T, "position" and "video_ordinal" B, and for
-    STMAE "masks" uint8 B x T x S x S and "num_objects" B.
+    call `.contiguous()` where an op needs it), "frame_idx" B x T, "position" (in the global stream) and
+    "video_ordinal" B, and for STMAE "masks" uint8 B x T x S x S and "num_objects" B.
 
-    The planned clips up to the end of the run (plus 10 %) form one Ray Dataset; if unreadable data runs it
-    dry early, the stream goes on with the items planned after it. Once every shard with usable videos has been
-    read since the last clip the stream yielded, it stops with a UserError naming the data set and the skips.
+    The planned steps up to the end of the run (plus 10 %) form one Ray Dataset; if unreadable data runs it
+    dry early, the stream goes on with the steps planned after it. Once a whole round of the plan has given
+    no clip since the last batch the stream yielded, it stops with a UserError naming the data and the skips.
 
     With `cfg.decode == "gpu"` (SMTC) the stream carries JPEG bytes and `device_decode` decodes each batch on
     `device`, one batch ahead; "frames" is then contiguous, and a clip that fails to decode there is dropped
     from its batch.
     """
     src = _source(source)
-    position = start_step * cfg.batch_size
-    count = max(cfg.steps - start_step, 1) * cfg.batch_size * 11 // 10
-    usable = {s for s in range(len(src.shards)) if plan.clips_in_shard(src, s, cfg)}
-    dry: set[int] = set()  # shards read since the last clip the stream yielded
+    stream = _plan(src, cfg)
+    per_item = steps_per_item(src, cfg)
+    round_steps = math.ceil(stream.round_length / cfg.global_batch) + 1
+    step, count = start_step, max(cfg.steps - start_step, 1) * 11 // 10 + 1
+    dry = 0  # planned steps since the last batch the stream yielded
     while True:
-        items = plan.plan_items(src, cfg, position, count)
-        ds = clip_dataset(source, cfg, items, health, decode_tasks)
+        ds = clip_dataset(source, cfg, plan.plan_items(step, count, per_item), health, decode_tasks)
         tail = None  # the positions of the last batch this Dataset yielded
         if cfg.decode == "gpu":
             encoded = ds.iter_batches(batch_size=cfg.batch_size, drop_last=True, batch_format="numpy",
@@ -305,12 +334,12 @@ def clip_batches(source: ClipSource | Any, cfg: StreamConfig, start_step: int = 
                 batch["frames"] = batch["frames"].permute(0, 1, 4, 2, 3)
                 tail = batch["position"]
                 yield batch
-        last = -1 if tail is None else int(tail.max())
-        dry = (dry if tail is None else set()) | {i.shard for i in items if i.position + i.skip > last}
-        if dry >= usable:  # a whole round of the shards gave nothing: re-planning would go on forever
-            raise UserError(f"{src.root}: no usable clip in any of its {len(usable)} shards since "
-                            f"{'the start' if last < 0 else f'clip {last}'} of this stream (rank {cfg.rank}); "
-                            f"skipped: {_skip_counts(health)}. `python -m shards check {src.root}` names the "
-                            f"damaged members")
-        position = plan.item_end(src, cfg, items[-1])
-        count = cfg.batch_size * 8
+        dry = dry + count if tail is None else step + count - 1 - int(tail.max()) // cfg.global_batch
+        if dry >= round_steps:  # a whole round gave nothing: re-planning would go on forever
+            usable = sum(1 for n in stream.counts if n)
+            raise UserError(f"{src.root}: no usable clip in any of its {usable} shards in the last {dry} steps "
+                            f"(a whole round of the plan) of this stream (rank {cfg.rank}); skipped: "
+                            f"{_skip_counts(health)}. `python -m shards check` on each folder names the damaged "
+                            f"members")
+        step += count
+        count = 8

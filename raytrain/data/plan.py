@@ -1,28 +1,37 @@
-"""The deterministic clip plan of one training rank.
+"""The deterministic clip plan: one global stream of clips, cut into global batches, each rank taking its slice.
 
-Every rank reads its own sequence of shards: round r visits all shards in a seeded order, and item j of the
-concatenated rounds belongs to rank j % world_size. Reading a shard yields `clips_per_video` clips of each
-usable video, in a seeded order. Because the number of clips per shard follows from the index alone, the
-position of every clip in a rank's stream, and so the step that consumes it, is known before any data is
-read. That makes sampling step-based (STMAE's max-skip schedule is looked up by step) and lets a run resumed
-at step k start exactly at clip k * batch_size of each rank, skipping whole shards without reading them.
+A round visits every shard of every source `weight` times (a "shard read"; a source of weight 5 has its videos
+visited five times per round, as upstream's repeated ConcatDataset). The round's shard reads are put in a seeded
+order and cut into windows of at most `shard_window` reads; the clips of a window (`clips_per_video` of each
+usable video of each read) are shuffled together, so a batch mixes the videos of up to `shard_window` shards.
+The rounds, concatenated, are the global stream; global batch s is clips [s * G, (s + 1) * G) for the global
+batch size G, and rank r of W takes clips [r * G / W, (r + 1) * G / W) of each global batch.
+
+The stream is a function of the sources, the seed, G and the sampling flags, never of the number of workers:
+a run resumed on another number of workers (or restarted by an elastic Train on fewer) goes on with the same
+clips in the same global batches. Every clip's position, and so the step that consumes it, is known from the
+index alone, before any data is read: sampling is step-based (STMAE's max-skip schedule is looked up by step)
+and a run resumed at step k starts exactly at global batch k.
 """
 from __future__ import annotations
 
-import itertools
+import math
 import os
-from dataclasses import dataclass
-from typing import Iterator
+from dataclasses import dataclass, replace
+from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
 
 from raytrain.data import sampling
 
+PLAN_VERSION = 2  # recorded in checkpoints; 1 was the per-rank shard striding of earlier versions
+
 
 @dataclass(frozen=True)
 class StreamConfig:
-    """Sampling settings of one rank's clip stream."""
+    """Sampling settings of one rank's clip stream (`batch_size` clips per step: its slice of each global
+    batch of `batch_size * world_size` clips)."""
 
     kind: str  # "smtc" or "stmae"
     seed: int
@@ -39,6 +48,7 @@ class StreamConfig:
     max_objects: int = 3
     finetune_at: float = 1.0
     decode: str = "cpu"  # "gpu": the stream carries JPEG bytes, decoded on the consumer's device
+    shard_window: int = 16
 
     def __post_init__(self) -> None:
         if self.kind not in ("smtc", "stmae"):
@@ -47,6 +57,13 @@ class StreamConfig:
             raise ValueError(f"decode {self.decode!r} for {self.kind} clips: 'cpu', or 'gpu' for SMTC clips only")
         if self.kind == "smtc" and self.gap < 1:
             raise ValueError(f"--gap must be at least 1, got {self.gap}")
+        if self.shard_window < 1 or self.clips_per_video < 1 or not 0 <= self.rank < self.world_size:
+            raise ValueError(f"shard_window {self.shard_window}, clips_per_video {self.clips_per_video}, rank "
+                             f"{self.rank} of {self.world_size}: out of range")
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.world_size
 
 
 Span = tuple[int, int]  # (offset, size) of a member's data in its shard
@@ -58,35 +75,71 @@ class VideoEntry:
     frames: tuple[str, ...]
     jpg: tuple[Span, ...]  # of each frame's JPEG
     png: dict[str, Span]  # of the annotation PNG of each annotated frame
-    ordinal: int  # row in the index, used for seeding
+    ordinal: int  # row in the (concatenated) index, used for seeding
+    stride: int = 1  # spacing of its frame numbers in the source video: STMAE divides max-skip by it
+
+
+def layout_stride(layout: str | None, split: str | None) -> int | None:
+    """The frame stride of a packed layout: 5 for YouTube-VOS train/valid (every 5th frame; upstream's
+    max_skip // 5), 1 for DAVIS and YouTube-VOS all-frames; None when unknown (read from the frame names)."""
+    if layout == "davis" or (layout == "ytvos" and split == "valid_all_frames"):
+        return 1
+    return 5 if layout == "ytvos" else None
 
 
 @dataclass(frozen=True)
 class ClipSource:
-    """The shard index grouped by shard: what the plan samples from, and where each member lies."""
+    """The shard indexes of one or more sources, grouped by shard: what the plan samples from, where each
+    member lies, and how often each source's videos are visited per round."""
 
-    root: str
-    shards: tuple[str, ...]
+    roots: tuple[str, ...]
+    weights: tuple[int, ...]
+    shards: tuple[str, ...]  # file names, inside their source's root
+    shard_source: tuple[int, ...]  # the source of each shard
     videos: tuple[tuple[VideoEntry, ...], ...]  # per shard, index order
 
     @classmethod
-    def from_index(cls, root: str, index: pa.Table) -> "ClipSource":
+    def from_index(cls, root: str, index: pa.Table, weight: int = 1, layout: str | None = None,
+                   split: str | None = None) -> "ClipSource":
+        """One source; `layout`/`split` (from its plan.json) give its frame stride rule."""
         rows = index.select(["shard", "video", "frames", "annotated", "members", "sizes", "offsets"]).to_pylist()
+        rule = layout_stride(layout, split)
         by_shard: dict[str, list[VideoEntry]] = {}
         for i, r in enumerate(rows):
             spans = dict(zip(r["members"], zip(r["offsets"], r["sizes"])))
-            v = r["video"]
+            v, frames = r["video"], tuple(r["frames"])
             by_shard.setdefault(r["shard"], []).append(VideoEntry(
-                v, tuple(r["frames"]), tuple(spans[f"{v}.{f}.jpg"] for f in r["frames"]),
-                {f: spans[f"{v}.{f}.png"] for f in r["annotated"] or ()}, i))
+                v, frames, tuple(spans[f"{v}.{f}.jpg"] for f in frames),
+                {f: spans[f"{v}.{f}.png"] for f in r["annotated"] or ()}, i,
+                rule if rule is not None else sampling.frame_stride(frames)))
         if not by_shard:
             raise ValueError(f"{root}: the shard index lists no videos")
         shards = tuple(sorted(by_shard))
         root = root.rstrip("/") if "://" in root else os.path.abspath(root)
-        return cls(root, shards, tuple(tuple(by_shard[s]) for s in shards))
+        return cls((root,), (weight,), shards, (0,) * len(shards), tuple(tuple(by_shard[s]) for s in shards))
+
+    @classmethod
+    def mix(cls, parts: Sequence["ClipSource"]) -> "ClipSource":
+        """The sources of `parts`, in order, as one source (video ordinals run on across them)."""
+        roots, weights, shards, owner, videos = [], [], [], [], []
+        offset = 0
+        for part in parts:
+            for s, (name, entries) in enumerate(zip(part.shards, part.videos)):
+                shards.append(name)
+                owner.append(len(roots) + part.shard_source[s])
+                videos.append(tuple(replace(e, ordinal=e.ordinal + offset) for e in entries))
+            roots += part.roots
+            weights += part.weights
+            offset += sum(map(len, part.videos))
+        return cls(tuple(roots), tuple(weights), tuple(shards), tuple(owner), tuple(videos))
+
+    @property
+    def root(self) -> str:
+        """The sources, as named in messages."""
+        return " + ".join(self.roots)
 
     def url(self, shard: int) -> str:
-        return f"{self.root}/{self.shards[shard]}"
+        return f"{self.roots[self.shard_source[shard]]}/{self.shards[shard]}"
 
 
 @dataclass(frozen=True)
@@ -94,11 +147,12 @@ class ClipSpec:
     """One planned clip: what to read and how to sample/augment it."""
 
     video: str
+    shard: int
     frame_idx: tuple[int, ...]
     jpg: tuple[Span, ...]  # where each frame's JPEG lies in the shard
     png: tuple[Span | None, ...]  # and its annotation PNG (None: not annotated)
     video_ordinal: int
-    position: int  # index of the clip in the rank's stream
+    position: int  # index of the clip in the global stream
     step: int  # the step that consumes it
     seed: int  # augmentation seed
 
@@ -111,71 +165,107 @@ def usable(entry: VideoEntry, cfg: StreamConfig) -> bool:
 
 
 def clips_in_shard(source: ClipSource, shard: int, cfg: StreamConfig) -> int:
+    """Clips of one read of the shard."""
     return cfg.clips_per_video * sum(usable(v, cfg) for v in source.videos[shard])
-
-
-def rank_items(num_shards: int, cfg: StreamConfig) -> Iterator[tuple[int, int]]:
-    """(round, shard) pairs this rank reads, forever."""
-    j = 0
-    for rnd in itertools.count():
-        order = np.random.default_rng([cfg.seed, rnd, 0x5A4D]).permutation(num_shards)
-        for shard in order:
-            if j % cfg.world_size == cfg.rank:
-                yield rnd, int(shard)
-            j += 1
 
 
 @dataclass(frozen=True)
 class Item:
-    """One shard read: its clips from `skip` on, the first of which sits at `position` + `skip`."""
+    """One data task: this rank's slices of global batches [step, step + steps)."""
 
-    round: int
-    shard: int
-    position: int
-    skip: int
+    step: int
+    steps: int
 
 
-def plan_items(source: ClipSource, cfg: StreamConfig, start: int, count: int) -> list[Item]:
-    """The items that hold this rank's clips at positions [start, start + count) (at least)."""
-    counts = [clips_in_shard(source, s, cfg) for s in range(len(source.shards))]
-    if sum(counts) == 0:
-        raise ValueError(f"{source.root}: no video is long enough for {cfg.num_frames}-frame {cfg.kind} clips")
-    items: list[Item] = []
-    position = 0
-    for rnd, shard in rank_items(len(counts), cfg):
-        n = counts[shard]
-        if position + n > start and n:
-            items.append(Item(rnd, shard, position, max(0, start - position)))
-        position += n
-        if position >= start + count:
-            return items
-    raise AssertionError("unreachable")
+def plan_items(start_step: int, num_steps: int, steps_per_item: int) -> list[Item]:
+    """The tasks that hold this rank's clips of steps [start_step, start_step + num_steps)."""
+    return [Item(s, min(steps_per_item, start_step + num_steps - s))
+            for s in range(start_step, start_step + num_steps, steps_per_item)]
 
 
-def item_end(source: ClipSource, cfg: StreamConfig, item: Item) -> int:
-    """The stream position just after an item's last clip."""
-    return item.position + clips_in_shard(source, item.shard, cfg)
+class Plan:
+    """The global clip stream of `source` under `cfg` (which rank only `rank_clips` asks)."""
 
+    def __init__(self, source: ClipSource, cfg: StreamConfig):
+        self.source, self.cfg = source, cfg
+        self.usable = [tuple(v for v in videos if usable(v, cfg)) for videos in source.videos]
+        self.counts = np.array([len(u) * cfg.clips_per_video for u in self.usable], np.int64)
+        unit_shard, unit_rep = [], []
+        for s in np.flatnonzero(self.counts):
+            weight = source.weights[source.shard_source[s]]
+            unit_shard += [int(s)] * weight
+            unit_rep += range(weight)
+        if not unit_shard:
+            raise ValueError(f"{source.root}: no video is long enough for {cfg.num_frames}-frame {cfg.kind} clips")
+        self.unit_shard, self.unit_rep = np.array(unit_shard), np.array(unit_rep)
+        self.round_length = int(self.counts[self.unit_shard].sum())  # clips per round
+        self._rounds: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
-def item_clips(source: ClipSource, cfg: StreamConfig, item: Item) -> list[ClipSpec]:
-    """The planned clips of one item, in stream order, from `item.skip` on."""
-    entries = [v for v in source.videos[item.shard] if usable(v, cfg)]
-    pairs = [(v, j) for v in entries for j in range(cfg.clips_per_video)]
-    order = np.random.default_rng([cfg.seed, item.round, item.shard, 0x0DE5]).permutation(len(pairs))
-    clips = []
-    for k in range(item.skip, len(pairs)):
-        entry, j = pairs[order[k]]
-        position = item.position + k
-        step = position // cfg.batch_size
-        rng = np.random.default_rng([cfg.seed, item.round, entry.ordinal, j])
+    def round_order(self, rnd: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(shard, repetition, clip index within the shard read) of each clip of round `rnd`, in order."""
+        if rnd not in self._rounds:
+            cfg = self.cfg
+            order = np.random.default_rng([cfg.seed, rnd, 0x5A4D]).permutation(len(self.unit_shard))
+            shards, reps = self.unit_shard[order], self.unit_rep[order]
+            parts = []
+            for g, units in enumerate(np.array_split(np.arange(len(order)), math.ceil(len(order) / cfg.shard_window))):
+                n = self.counts[shards[units]]
+                clip = np.concatenate([np.arange(k) for k in n])
+                mix = np.random.default_rng([cfg.seed, rnd, g, 0x0DE5]).permutation(len(clip))
+                parts.append((np.repeat(shards[units], n)[mix], np.repeat(reps[units], n)[mix], clip[mix]))
+            if len(self._rounds) > 2:
+                self._rounds.clear()
+            self._rounds[rnd] = tuple(np.concatenate(p) for p in zip(*parts))  # type: ignore[assignment]
+        return self._rounds[rnd]
+
+    def clip(self, position: int) -> ClipSpec:
+        """The clip at `position` of the global stream."""
+        cfg = self.cfg
+        rnd, k = divmod(position, self.round_length)
+        shards, reps, clips = self.round_order(rnd)
+        shard, rep = int(shards[k]), int(reps[k])
+        v, j = divmod(int(clips[k]), cfg.clips_per_video)
+        entry = self.usable[shard][v]
+        step = position // cfg.global_batch
+        rng = np.random.default_rng([cfg.seed, rnd, rep, entry.ordinal, j])
         if cfg.kind == "smtc":
             idx = sampling.smtc_frames(len(entry.frames), cfg.num_frames, cfg.gap, rng)
         else:
             skip = sampling.max_skip_at(step, cfg.steps, cfg.max_skip, cfg.max_skip_at)
-            jump = max(1, skip // sampling.frame_stride(entry.frames))
-            idx = sampling.stmae_frames(len(entry.frames), cfg.num_frames, jump, rng)
+            idx = sampling.stmae_frames(len(entry.frames), cfg.num_frames, max(1, skip // entry.stride), rng)
         assert idx is not None, "usable() admitted a video the sampler rejects"
-        clips.append(ClipSpec(entry.video, tuple(idx), tuple(entry.jpg[i] for i in idx),
-                              tuple(entry.png.get(entry.frames[i]) for i in idx), entry.ordinal, position, step,
-                              int(rng.integers(2**62))))
-    return clips
+        return ClipSpec(entry.video, shard, tuple(idx), tuple(entry.jpg[i] for i in idx),
+                        tuple(entry.png.get(entry.frames[i]) for i in idx), entry.ordinal, position, step,
+                        int(rng.integers(2**62)))
+
+    def rank_positions(self, start_step: int, num_steps: int, rank: int | None = None) -> np.ndarray:
+        """Global positions of the clips of `rank` (default: the config's) in steps [start_step, start_step +
+        num_steps), in order."""
+        cfg = self.cfg
+        rank = cfg.rank if rank is None else rank
+        steps = np.arange(start_step, start_step + num_steps)[:, None]
+        return (steps * cfg.global_batch + rank * cfg.batch_size + np.arange(cfg.batch_size)).ravel()
+
+    def rank_clips(self, start_step: int, num_steps: int, rank: int | None = None) -> list[ClipSpec]:
+        """The planned clips of `rank` (default: the config's) in steps [start_step, start_step + num_steps),
+        in stream order."""
+        return [self.clip(int(p)) for p in self.rank_positions(start_step, num_steps, rank)]
+
+    def global_batch(self, step: int) -> list[ClipSpec]:
+        """All clips of global batch `step`, over every rank."""
+        g = self.cfg.global_batch
+        return [self.clip(p) for p in range(step * g, (step + 1) * g)]
+
+
+def batch_mixing(plan: Plan, steps: int) -> dict[str, float]:
+    """Mean distinct videos and shards in one rank's batches (what a per-rank loss sees), over the first `steps`
+    global batches and every rank."""
+    cfg = plan.cfg
+    videos = shards = 0.0
+    for rank in range(cfg.world_size):
+        for s in range(steps):
+            clips = plan.rank_clips(s, 1, rank)
+            videos += len({c.video_ordinal for c in clips})
+            shards += len({c.shard for c in clips})
+    n = steps * cfg.world_size
+    return {"videos": videos / n, "shards": shards / n, "batch": float(cfg.batch_size)}

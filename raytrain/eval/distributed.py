@@ -47,6 +47,12 @@ def item_name(item: Any) -> str:
     return str(getattr(item, "id", item))
 
 
+def item_cost(item: Any) -> int:
+    """Frames x pixels of a video (or of the video a `VOSVideo` wraps); 0 for anything else."""
+    video = getattr(item, "video", item)
+    return len(getattr(video, "frames", ())) * getattr(video, "height", 0) * getattr(video, "width", 0)
+
+
 def _timed(work: Work, model: Any, item: Any, device: torch.device) -> VideoResult:
     start = time.perf_counter()
     result = work(model, item, device)
@@ -162,12 +168,15 @@ class EvalPool:
 
     def map(self, items: Sequence, on_result: Callable[[int, VideoResult], None] | None = None
             ) -> list[VideoResult]:
-        """Evaluate every item; results in input order. `on_result(index, result)` runs as each one arrives."""
+        """Evaluate every item; results in input order. `on_result(index, result)` runs as each one arrives.
+
+        The largest videos (frames x pixels) go out first, so no actor is left with a long one at the end.
+        """
         import ray
         from ray.exceptions import RayActorError, RayTaskError
 
         results: list[VideoResult | None] = [None] * len(items)
-        pending = deque(range(len(items)))
+        pending = deque(sorted(range(len(items)), key=lambda i: -item_cost(items[i])))
         idle = deque(range(len(self.actors)))
         running: dict[Any, tuple[int, int]] = {}  # ref -> (actor slot, item index)
         resubmits = [0] * len(items)

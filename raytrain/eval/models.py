@@ -51,7 +51,7 @@ def _new_model(kind: str, arch: dict[str, Any]) -> nn.Module:
         return SMTC(arch["num_slots"], arch["num_instances"], resolution=arch["resolution"], drop_path=0.0,
                     instance_mask=arch.get("instance_mask", "logit"))
     if kind == "stmae":
-        return STMAE(value_dim=arch.get("value_dim", 512))
+        return STMAE(value_dim=arch.get("value_dim", 512), similarity=arch.get("similarity", "dot"))
     raise ValueError(f"unknown model kind {kind!r}")
 
 
@@ -149,9 +149,12 @@ def smtc_spec(cfg: EvalSMTCConfig) -> ModelSpec:
 def stmae_spec(cfg: EvalSTMAEConfig) -> ModelSpec:
     """STMAE weights (released file, upstream training checkpoint, or a run checkpoint folder)."""
     if not cfg.checkpoint:
-        return ModelSpec("stmae", None, "random weights", cfg.seed)
+        return ModelSpec("stmae", None, "random weights", cfg.seed, {"similarity": cfg.similarity})
     with fetched(cfg.checkpoint, "--checkpoint") as path:
         state = _run_state(path, "stmae")
         obj = state if state is not None else read_weights_file(path)
-    model = from_weights(checkpoint_weights(obj, cfg.checkpoint), cfg.checkpoint)
-    return ModelSpec("stmae", model.state_dict(), cfg.checkpoint, cfg.seed, {"value_dim": model.value_dim})
+    # Run checkpoints carry their similarity (those from before the flag were trained with "dot").
+    sim = cfg.similarity if state is None else state["config"].get("similarity", "dot")
+    model = from_weights(checkpoint_weights(obj, cfg.checkpoint), cfg.checkpoint, sim)
+    return ModelSpec("stmae", model.state_dict(), cfg.checkpoint, cfg.seed,
+                     {"value_dim": model.value_dim, "similarity": sim})

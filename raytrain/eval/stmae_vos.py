@@ -42,9 +42,9 @@ from shards.synth import DAVIS_PALETTE
 Frame = np.ndarray | str | os.PathLike
 
 
-def load_stmae(path: str | os.PathLike, device: torch.device | str = "cpu") -> STMAE:
+def load_stmae(path: str | os.PathLike, device: torch.device | str = "cpu", similarity: str = "dot") -> STMAE:
     """STMAE in eval mode on `device` from a checkpoint (released weights, {'network': ...}, task state)."""
-    return load_checkpoint(path).to(device).eval()
+    return load_checkpoint(path, similarity=similarity).to(device).eval()
 
 
 def read_palette(png: str | os.PathLike) -> list[int] | None:
@@ -74,12 +74,15 @@ def save_masks(masks: Sequence[np.ndarray], out_dir: str | os.PathLike, frame_na
 class MaskMemory:
     """Memory keys (1, C, N) and soft masks (K, N); object k reads only entries from `starts[k]` on.
 
+    `similarity` is the model's ("dot", upstream, or "l2"; see `raytrain.models.stmae.similarity`).
+
     With `max_frames` K > 0, only the newest K frames added with `permanent=False` are kept, besides every
     permanent one (frames with given masks): the oldest such frame is dropped when one more arrives.
     """
 
-    def __init__(self, top_k: int | None, max_frames: int = 0):
+    def __init__(self, top_k: int | None, max_frames: int = 0, similarity: str = "dot"):
         self.top_k = top_k
+        self.similarity = similarity
         self.max_frames = max_frames
         self.keys: torch.Tensor | None = None
         self.values: torch.Tensor | None = None
@@ -116,7 +119,7 @@ class MaskMemory:
     def read(self, query_key: torch.Tensor) -> torch.Tensor:
         """Coarse masks (1, K, h, w) of the query key (1, C, h, w)."""
         _, _, h, w = query_key.shape
-        sim = similarity(self.keys, query_key.flatten(2))
+        sim = similarity(self.keys, query_key.flatten(2), self.similarity)
         out = torch.empty(self.num_objects, h * w, device=sim.device)
         for start in sorted(set(self.starts)):
             objs = [k for k, s in enumerate(self.starts) if s == start]
@@ -167,7 +170,7 @@ def propagate_video(model: STMAE, frames: Sequence[Frame], first_masks: dict[int
     model.eval()
     n = len(frames)
     ids: list[int] = []  # original id of internal object k + 1, in order of first appearance
-    memory = MaskMemory(top_k, max_mem_frames)
+    memory = MaskMemory(top_k, max_mem_frames, model.similarity)
     last_mem = 0
     outputs: list[np.ndarray] = []
     for ti in range(n):

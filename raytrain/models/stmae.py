@@ -4,8 +4,8 @@ An XMem fork (Supgb/STMAE) whose memory values are object masks rather than feat
 
 - key encoder: ResNet-50 up to layer3 (f4 256 ch at 1/4, f8 512 at 1/8, f16 1024 at 1/16); the key is the
   raw f16 map (no key projection);
-- affinity: plain dot products between memory and query keys, softmax over the memory axis; the coarse
-  mask of every object is the affinity applied to its memory masks at 1/16;
+- affinity: plain dot products between memory and query keys (`similarity="dot"`, upstream), softmax over
+  the memory axis; the coarse mask of every object is the affinity applied to its memory masks at 1/16;
 - mask encoder (`value_encoder`): ResNet-18 on [RGB, coarse mask of the object, sum of the other objects'
   coarse masks] up to layer3, fused with f16 (GroupResBlock 1280->512, CBAM, GroupResBlock 512->512);
 - decoder: fuse with f16, upsample with the f8 and f4 skips, 3x3 conv to one logit per object, x4 upsampling;
@@ -15,6 +15,12 @@ BatchNorm statistics stay frozen: `train()` keeps every BatchNorm layer in eval 
 `.eval()` on the whole network during training, which is the same thing since the model has no dropout).
 Attribute names follow the upstream code, so released checkpoints (plain state dict or {'network': ...})
 load with `load_checkpoint`.
+
+Option (not upstream): `similarity="l2"` is STCN's negative squared Euclidean distance over sqrt(C). Upstream's
+plain dot product is the default and what released weights were trained with. It relies on pretrained keys:
+from random weights (no ImageNet weights can be had here) the memory entry with the largest norm wins
+every query, so matching a frame to frame 0 by nearest key gave a mask IoU of 0.04 on the synthetic val
+videos, against 0.31 with "l2" (README, "Shown to learn").
 
 Deviations from upstream:
 - The dot-product similarity, its softmax and the mask readout are computed in fp32 even under autocast
@@ -36,6 +42,14 @@ from raytrain.models.stmae_modules import FeatureFusionBlock, UpsampleBlock, agg
 from shards.errors import UserError
 
 VALUE_DIM_KEY = "value_encoder.fuser.block2.conv2.weight"
+SIMILARITIES = ("dot", "l2")
+
+
+def check_similarity(kind: str) -> str:
+    """`kind` if it is one of SIMILARITIES, else ValueError."""
+    if kind not in SIMILARITIES:
+        raise ValueError(f"--similarity must be one of {', '.join(SIMILARITIES)}, got {kind!r}")
+    return kind
 
 
 def _resnet(name: str, in_chans: int = 3) -> nn.Module:
@@ -107,10 +121,20 @@ class Decoder(nn.Module):
         return logits.view(b, m, *logits.shape[-2:])
 
 
-def similarity(memory_key: torch.Tensor, query_key: torch.Tensor) -> torch.Tensor:
-    """Dot products (B, C, N) x (B, C, P) -> (B, N, P), in fp32 (no scaling, no L2 term)."""
+def similarity(memory_key: torch.Tensor, query_key: torch.Tensor, kind: str = "dot") -> torch.Tensor:
+    """Memory (B, C, N) x query (B, C, P) keys -> (B, N, P), in fp32.
+
+    "dot": plain dot products (upstream: no scaling, no L2 term). "l2": (2 m.q - |m|^2) / sqrt(C), which is
+    -|m - q|^2 / sqrt(C) up to a per-query constant, so its softmax over the memory axis is STCN's.
+    """
     with torch.autocast(memory_key.device.type, enabled=False):
-        return torch.einsum("bcn,bcp->bnp", memory_key.float(), query_key.float())
+        mk, qk = memory_key.float(), query_key.float()
+        dot = torch.einsum("bcn,bcp->bnp", mk, qk)
+        if kind == "dot":
+            return dot
+        if kind == "l2":
+            return (2 * dot - mk.pow(2).sum(1).unsqueeze(2)) / mk.shape[1] ** 0.5
+        raise ValueError(f"unknown similarity {kind!r}")
 
 
 def softmax_affinity(sim: torch.Tensor, top_k: int | None = None) -> torch.Tensor:
@@ -138,9 +162,10 @@ def others_sum(masks: torch.Tensor) -> torch.Tensor:
 class STMAE(nn.Module):
     """Key encoder, mask encoder and decoder with memory-mask readout; see the module docstring."""
 
-    def __init__(self, value_dim: int = 512):
+    def __init__(self, value_dim: int = 512, similarity: str = "dot"):
         super().__init__()
         self.value_dim = value_dim
+        self.similarity = check_similarity(similarity)
         self.key_encoder = KeyEncoder()
         self.value_encoder = MaskEncoder(value_dim)
         self.decoder = Decoder(value_dim)
@@ -164,12 +189,11 @@ class STMAE(nn.Module):
         """Frame (B, 3, H, W), its f16 and per-object coarse masks (B, M, H, W) -> g16 (B, M, C, H/16, W/16)."""
         return self.value_encoder(frame, f16, masks, others_sum(masks))
 
-    @staticmethod
-    def read_masks(query_key: torch.Tensor, memory_key: torch.Tensor, memory_masks: torch.Tensor,
+    def read_masks(self, query_key: torch.Tensor, memory_key: torch.Tensor, memory_masks: torch.Tensor,
                    top_k: int | None = None) -> torch.Tensor:
         """Coarse masks (B, M, h, w) of the query from memory keys (B, C, T, h, w) and masks (B, M, T, h, w)."""
         b, _, h, w = query_key.shape
-        affinity = softmax_affinity(similarity(memory_key.flatten(2), query_key.flatten(2)), top_k)
+        affinity = softmax_affinity(similarity(memory_key.flatten(2), query_key.flatten(2), self.similarity), top_k)
         return readout_masks(affinity, memory_masks.flatten(2)).view(b, -1, h, w)
 
     def segment(self, f16: torch.Tensor, f8: torch.Tensor, f4: torch.Tensor, g16: torch.Tensor,
@@ -216,13 +240,13 @@ def checkpoint_weights(obj: Any, source: str) -> dict[str, torch.Tensor]:
     return weights
 
 
-def from_weights(weights: dict[str, torch.Tensor], source: str = "state dict") -> STMAE:
+def from_weights(weights: dict[str, torch.Tensor], source: str = "state dict", similarity: str = "dot") -> STMAE:
     """Build an STMAE (value_dim read from the weights, as upstream) and load `weights` strictly.
 
     Single-object weights (4-channel mask-encoder conv1) are widened with zero filters, as upstream does.
     """
     weights = dict(weights)
-    model = STMAE(value_dim=weights[VALUE_DIM_KEY].shape[0])
+    model = STMAE(value_dim=weights[VALUE_DIM_KEY].shape[0], similarity=similarity)
     conv1 = weights.get("value_encoder.conv1.weight")
     if conv1 is not None and conv1.ndim == 4 and conv1.shape[1] == 4:
         weights["value_encoder.conv1.weight"] = torch.cat([conv1, torch.zeros_like(conv1[:, :1])], 1)
@@ -237,8 +261,8 @@ def from_weights(weights: dict[str, torch.Tensor], source: str = "state dict") -
     return model
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> STMAE:
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", similarity: str = "dot") -> STMAE:
     """Build an STMAE from a checkpoint file (released weights, upstream training checkpoint or
     `STMAETask.state_dict()`), read with torch.load(weights_only=True)."""
     obj = torch.load(path, map_location=map_location, weights_only=True)
-    return from_weights(checkpoint_weights(obj, str(path)), str(path))
+    return from_weights(checkpoint_weights(obj, str(path)), str(path), similarity)

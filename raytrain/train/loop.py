@@ -1,12 +1,14 @@
 """All Ray Train glue: the per-worker training loop, checkpoints, metrics, and `fit` for the jobs.
 
 Training code proper lives in the tasks (`raytrain.train.smtc_task`, `raytrain.train.stmae_task`), which know
-nothing about Ray. Each worker streams its own deterministic clip plan (`raytrain.data.plan`), so a worker
-group restarted after a failure, or a run resubmitted under the same name, resumes at the checkpointed step
-and sees exactly the clips it would have seen.
+nothing about Ray. Each worker streams its slice of one deterministic global clip stream (`raytrain.data.plan`),
+which depends on the global batch, not on the number of workers: a worker group restarted after a failure
+(by an elastic Train, on fewer workers), or a run resubmitted under the same name on any number of workers,
+resumes at the checkpointed step and trains on exactly the clips the run would have trained on.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -21,31 +23,62 @@ import torch
 import torch.distributed as dist
 from ray.train.torch import TorchTrainer
 
-from raytrain.config import TRAIN_CONFIGS, RunConfig, from_dict, to_dict
+from raytrain.config import TRAIN_CONFIGS, RunConfig, from_dict, global_batch, to_dict, worker_batch
 from raytrain.data.pipeline import DataHealth, clip_batches
-from raytrain.data.plan import ClipSource, StreamConfig
+from raytrain.data.plan import PLAN_VERSION, StreamConfig
+from raytrain.data.sources import load_source
 from raytrain.runtime import (CheckpointError, remove_stale_checkpoint_folders, resume_state, run_dir,
                               write_checkpoint)
 from raytrain.train.smtc_task import SMTCTask
 from raytrain.train.stmae_task import STMAETask
-from shards.pack import read_index
 
 log = logging.getLogger("raytrain.train")
 
 TASKS: dict[str, type] = {"smtc": SMTCTask, "stmae": STMAETask}
 FAILURE_ENV = "RAYTRAIN_INJECT_FAILURE"  # "step:rank:marker" — kill that worker once (fault-tolerance tests)
+CLIP_LOG_ENV = "RAYTRAIN_CLIP_LOG"  # a folder: each rank appends the clips of every batch it trains on (audits)
 # In-training validation: validate(job, task, cfg) -> {"val_jf": ..., ...}, run on rank 0 at every checkpoint.
 Validate = Callable[[str, Any, Any], dict[str, float]]
 
 
 def stream_config(job: str, cfg: Any, rank: int, world_size: int) -> StreamConfig:
-    common = dict(kind=job, seed=cfg.seed, rank=rank, world_size=world_size, batch_size=cfg.batch_size,
+    """Rank `rank`'s stream of `world_size`: its slice of each global batch (`raytrain.config.global_batch`)."""
+    common = dict(kind=job, seed=cfg.seed, rank=rank, world_size=world_size, batch_size=worker_batch(cfg, world_size),
                   steps=cfg.steps, clips_per_video=cfg.clips_per_video, num_frames=cfg.num_frames,
-                  decode=cfg.decode)
+                  decode=cfg.decode, shard_window=cfg.shard_window)
     if job == "smtc":
         return StreamConfig(size=cfg.resolution, gap=cfg.gap, **common)
     return StreamConfig(size=cfg.crop, max_skip=tuple(cfg.max_skip), max_skip_at=tuple(cfg.max_skip_at),
                         max_objects=cfg.max_objects, finetune_at=cfg.finetune_at, **common)
+
+
+def sampler_state(cfg: Any, world_size: int) -> dict[str, Any]:
+    """What a checkpoint records of the clip stream, for an exact resume."""
+    return {"plan": PLAN_VERSION, "seed": cfg.seed, "global_batch_size": global_batch(cfg), "data": list(cfg.data),
+            "world_size": world_size, "batch_size": worker_batch(cfg, world_size)}
+
+
+def stream_mismatch(saved: dict[str, Any] | None, cfg: Any) -> str | None:
+    """Why a checkpoint's clip stream (its "sampler" state; None: not recorded) cannot be continued with `cfg`;
+    None if it can."""
+    if saved is None:
+        return None
+    if saved.get("plan", 1) != PLAN_VERSION:  # the earlier plan recorded only seed, world_size and batch_size
+        return ("it was trained on the clip plan of an earlier version (each worker striding over the shards), "
+                "which this version does not continue")
+    for key, now in (("seed", cfg.seed), ("global_batch_size", global_batch(cfg))):
+        if saved.get(key) != now:
+            return f"its {key} is {saved.get(key)}, now {now}"
+    return None
+
+
+def _log_clips(step: int, rank: int, world: int, batch: dict[str, Any]) -> None:
+    folder = os.environ.get(CLIP_LOG_ENV)
+    if folder:
+        with open(os.path.join(folder, f"rank{rank}-pid{os.getpid()}.jsonl"), "a") as f:
+            f.write(json.dumps({"step": step, "rank": rank, "world_size": world,
+                                "positions": batch["position"].tolist(), "videos": batch["video_ordinal"].tolist(),
+                                "frames": batch["frame_idx"].tolist()}) + "\n")
 
 
 def _mean_over_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
@@ -141,14 +174,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             raise CheckpointError(f"checkpoint {where}: does not fit the model these flags build "
                                   f"({str(e).strip().splitlines()[0]})") from None
         step, starts, curve = int(state["step"]), list(state["starts"]), list(state.get("curve", []))
+        why = stream_mismatch(state.get("sampler"), cfg)
+        if why and not cfg.allow_config_change:
+            raise CheckpointError(f"checkpoint {where}: cannot continue its clip stream: {why}. Resume with the "
+                                  f"flags it was trained with, or --allow_config_change to go on from step {step} "
+                                  f"with this version's stream")
         if rank == 0:
             log.info("[%s] resuming %s from step %d (%s)", job, config["name"], step, where)
     starts.append(step)  # where each (re)start of the run began
 
-    source = ray.put(ClipSource.from_index(cfg.data, read_index(cfg.data)))
     health = DataHealth.remote()
-    batches = clip_batches(source, stream_config(job, cfg, rank, world), step, health, device,
-                           cfg.decode_workers)
+    scfg = stream_config(job, cfg, rank, world)
+    batches = clip_batches(config["source"], scfg, step, health, device, cfg.decode_workers)
 
     writer = None
     if rank == 0:
@@ -169,6 +206,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         batch = next(batches)
         wait += time.perf_counter() - t_wait
         _maybe_fail(step, rank)
+        _log_clips(step, rank, world, batch)
         for k, v in task.train_step(batch, step).items():
             sums[k] += v
         n += 1
@@ -177,7 +215,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             continue
         elapsed = time.perf_counter() - t0
         metrics = {k: v / n for k, v in sums.items()}
-        metrics.update(clips_per_s=n * cfg.batch_size / elapsed, data_wait=wait / elapsed)
+        metrics.update(clips_per_s=n * scfg.batch_size / elapsed, data_wait=wait / elapsed)
         metrics = _mean_over_ranks(metrics, device)
         metrics["clips_per_s"] *= world
         skipped = ray.get(health.snapshot.remote())["counts"]
@@ -191,7 +229,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if rank == 0 and at_checkpoint:
             checkpoint = ray.train.Checkpoint.from_directory(write_checkpoint(
                 {"task": task.state_dict(), "step": step, "curve": curve, "starts": starts, "config": to_dict(cfg),
-                 "sampler": {"seed": cfg.seed, "world_size": world, "batch_size": cfg.batch_size}, "job": job}))
+                 "sampler": sampler_state(cfg, world), "job": job}))
         if writer is not None:
             for k, v in metrics.items():
                 writer.add_scalar(f"train/{k}", v, step)
@@ -209,19 +247,21 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 def make_trainer(job: str, cfg: RunConfig, callbacks: list | None = None,
                  validate: Validate | None = None) -> TorchTrainer:
-    """The TorchTrainer of a training job (DDP over `cfg.num_workers` workers); `validate` scores the model
-    on `cfg.val_data` at every checkpoint."""
+    """The TorchTrainer of a training job (DDP over `cfg.num_workers` workers, or elastic down to
+    `cfg.min_workers`); `validate` scores the model on `cfg.val_data` at every checkpoint. The sources of
+    `cfg.data` are read here, once, and shared with the workers through the object store."""
     storage, name = run_dir(cfg, job)
     local = "://" not in storage
     tb_dir = os.path.join(storage, name, "tensorboard") if local else str(
         Path("~/ray_results").expanduser() / name / "tensorboard")
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}
-    env = {k: os.environ[k] for k in (FAILURE_ENV,) if k in os.environ}
+    env = {k: os.environ[k] for k in (FAILURE_ENV, CLIP_LOG_ENV) if k in os.environ}
+    workers = (cfg.min_workers, cfg.num_workers) if 0 < cfg.min_workers < cfg.num_workers else cfg.num_workers
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"job": job, "cfg": to_dict(cfg), "name": name, "tensorboard_dir": tb_dir,
-                           "validate": validate},
-        scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                           "validate": validate, "source": ray.put(load_source(cfg.data))},
+        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=cfg.use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
             name=name, storage_path=storage, callbacks=callbacks, worker_runtime_env={"env_vars": env},

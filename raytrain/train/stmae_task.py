@@ -138,7 +138,7 @@ class STMAETask:
         self.device = torch.device(device)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
-            self.model = STMAE()
+            self.model = STMAE(similarity=cfg.similarity)
         if cfg.resnet50_path:
             load_resnet(self.model.key_encoder, cfg.resnet50_path, rename={"layer1": "res2"})
         if cfg.resnet18_path:
