@@ -57,6 +57,7 @@ def train_row(variant: str, batch: int, args: argparse.Namespace) -> dict[str, f
     if variant == "upstream":
         task.recon = EncodeAllWithGrad(task.model)
     data = synthetic_batch(batch, args.num_frames, args.size, 3, device)
+    task.start(data)
     for step in range(args.warmup):
         task.train_step(data, step)
     if device.type == "cuda":

@@ -117,6 +117,9 @@ class STMAEConfig(RunConfig):
     finetune_at: float = flag(350 / 370, "fraction of steps after which rotation/shear are turned off")
     resnet50_path: str = flag("", "ImageNet ResNet-50 weights for the key encoder (torchvision or timm keys)")
     resnet18_path: str = flag("", "ImageNet ResNet-18 weights for the mask encoder")
+    val_size: int = flag(0, "shorter side the validation frames are resized to (0: as stored; upstream: 480)")
+    bn_calibration: str = flag("first_batch", "frozen BatchNorm statistics of an encoder without weights: "
+                                              "first_batch (set from the first batch) | none (mean 0, var 1)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -388,6 +391,8 @@ _RULES: dict[type, list[Rule]] = {
         ("crop", _patches, "a multiple of 16, at least 32"),
         ("max_skip", lambda v: all(s >= 1 for s in v), "at least 1 each"),
         ("max_skip_at", lambda v: all(map(_fraction, v)), "in [0, 1] each"), ("finetune_at", _fraction, "in [0, 1]"),
+        ("bn_calibration", lambda v: v in ("first_batch", "none"), "first_batch or none"),
+        ("val_size", _at_least(0), "at least 0"),
         ("decode", lambda v: v == "cpu", "cpu for STMAE (its clips are cropped and augmented per clip on the CPU; "
                                          "--decode gpu is for SMTC)"),
     ],

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from raytrain.config import STMAEConfig
-from raytrain.train.stmae_task import OneShotReconstruction, STMAETask, lr_at, sample_references, step_generator
+from raytrain.train.stmae_task import (OneShotReconstruction, STMAETask, lr_at, normalise, sample_references,
+                                      step_generator)
 
 torch.set_num_threads(2)
 
@@ -134,6 +135,51 @@ def test_training_reduces_loss_and_state_round_trips():
         assert a["step"] == b["step"] == 2 and torch.equal(a["exp_avg_sq"], b["exp_avg_sq"])
 
 
+def _bn_stats(part: torch.nn.Module) -> list[torch.Tensor]:
+    return [t.clone() for m in part.modules() if isinstance(m, torch.nn.BatchNorm2d)
+            for t in (m.running_mean, m.running_var)]
+
+
+def test_random_encoders_get_batchnorm_statistics_from_the_first_batch(tmp_path):
+    """Frozen BN of a random encoder would be the identity (mean 0, var 1): keys ~0.02 in size, a uniform
+    memory softmax. The first batch sets the statistics, once; a resumed run keeps the checkpoint's."""
+    batch = make_batch(1)
+    task = STMAETask(tiny_cfg(), "cpu")
+    frames = normalise(batch["frames"][0])
+    with torch.no_grad():
+        before = task.model.encode_key(frames)[0].std().item()
+    assert all(torch.equal(t, torch.zeros_like(t) if i % 2 == 0 else torch.ones_like(t))
+               for i, t in enumerate(_bn_stats(task.model)))
+    task.start(batch)
+    task.train_step(batch, 0)
+    first = _bn_stats(task.model)
+    assert all(not torch.equal(t, torch.zeros_like(t)) for t in first[::2])
+    with torch.no_grad():
+        after = task.model.encode_key(frames)[0].std().item()
+    assert after > 4 * before, (before, after)
+    assert not task.model.key_encoder.bn1.training
+    task.train_step(make_batch(2), 1)  # the statistics stay frozen afterwards
+    assert all(torch.equal(a, b) for a, b in zip(first, _bn_stats(task.model)))
+
+    resumed = STMAETask(tiny_cfg(), "cpu")
+    resumed.load_state_dict(task.state_dict())  # the loop does not call start() on a resumed run
+    resumed.train_step(make_batch(3), 2)
+    assert all(torch.equal(a, b) for a, b in zip(first, _bn_stats(resumed.model)))
+
+    none = STMAETask(tiny_cfg(bn_calibration="none"), "cpu")
+    untouched = _bn_stats(none.model)
+    none.start(batch)
+    assert all(torch.equal(a, b) for a, b in zip(untouched, _bn_stats(none.model)))
+
+    import torchvision
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "resnet18.pth")
+    half = STMAETask(tiny_cfg(resnet18_path=str(tmp_path / "resnet18.pth")), "cpu")
+    given = _bn_stats(half.model.value_encoder)
+    half.start(batch)  # pretrained mask encoder keeps its statistics, the random key encoder is set
+    assert all(torch.equal(a, b) for a, b in zip(given, _bn_stats(half.model.value_encoder)))
+    assert not torch.equal(_bn_stats(half.model.key_encoder)[0], torch.zeros(64))
+
+
 def _ddp_worker(rank: int, world: int, init_file: str, out: str) -> None:
     import torch.distributed as dist
     torch.set_num_threads(1)
@@ -142,11 +188,13 @@ def _ddp_worker(rank: int, world: int, init_file: str, out: str) -> None:
         task = STMAETask(tiny_cfg(crop=32, num_frames=3, num_ref_frames=1, batch_size=1), "cpu")
         assert isinstance(task.recon, torch.nn.parallel.DistributedDataParallel)
         batch = make_batch(seed=rank, b=1, t=3, s=32)
+        task.start(batch)  # BatchNorm statistics of each rank's own batch, averaged over the ranks
         before = torch.cat([p.detach().flatten() for p in task.model.parameters()]).clone()
         for step in range(2):  # a second step fails if DDP missed a parameter's gradient
             task.train_step(batch, step)
         after = torch.cat([p.detach().flatten() for p in task.model.parameters()])
-        torch.save({"changed": (after - before).abs().sum(), "params": after}, f"{out}/{rank}.pt")
+        stats = torch.cat([b.flatten() for n, b in task.model.named_buffers() if "running" in n])
+        torch.save({"changed": (after - before).abs().sum(), "params": after, "stats": stats}, f"{out}/{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -157,6 +205,7 @@ def test_ddp_two_processes_keep_replicas_in_sync(tmp_path):
     mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"{r}.pt", weights_only=True) for r in (0, 1))
     assert r0["changed"] > 0 and torch.equal(r0["params"], r1["params"])
+    assert torch.equal(r0["stats"], r1["stats"]) and r0["stats"].abs().sum() > 0
 
 
 def test_channels_last_frames_give_the_same_loss(task):

@@ -17,7 +17,7 @@ import torch
 from conftest import pack_synthetic
 from raytrain.cli.checks import check_resume
 from raytrain.config import SMTCConfig, STMAEConfig
-from raytrain.runtime import CKPT_PREFIX, load_checkpoint_state, remove_stale_checkpoint_folders
+from raytrain.runtime import CKPT_PREFIX, STATE_FILE, load_checkpoint_state, remove_stale_checkpoint_folders
 from raytrain.train.loop import CLIP_LOG_ENV, FAILURE_ENV, fit
 from shards.errors import UsageError
 
@@ -75,6 +75,13 @@ def test_run_resumes_after_a_killed_worker_and_on_resubmission(job, shards, tmp_
     more = fit(job, dataclasses.replace(cfg, steps=16))  # resubmitting the same run name resumes it
     state = load_checkpoint_state(more.checkpoint.path)
     assert state["step"] == 16 and state["starts"] == [0, 4, 12]
+    if job == "stmae":  # BatchNorm statistics: set once from the first batch, kept through both resumes
+        states = [load_checkpoint_state(p) for p in (tmp_path / "runs" / f"{job}-ft").glob("checkpoint_*")
+                  if (p / STATE_FILE).is_file()]
+        stats = [torch.cat([v.flatten() for k, v in sorted(s["task"]["model"].items()) if k.endswith("running_mean")])
+                 for s in states]
+        assert len(stats) >= 3 and stats[0].abs().sum() > 0
+        assert all(torch.equal(stats[0], x) for x in stats[1:])
 
 
 def _clip_log(folder: Path) -> dict[int, list[tuple]]:

@@ -58,7 +58,7 @@ def validate(job: str, task: Any, cfg: Any) -> dict[str, float]:
                 scores = [discover_video(model, v, device, settings).scores for v in unsup]
                 out |= _metrics("val_disc", scores, unsup, cfg.val_data)
             return out
-        settings = VOSSettings(size=0, amp=device.type == "cuda")
+        settings = VOSSettings(size=cfg.val_size, amp=device.type == "cuda")
         scores = [segment_video(model, VOSVideo(v, "D17"), device, settings).scores for v in videos]
         return _metrics("val", scores, videos, cfg.val_data)
     finally:

@@ -13,6 +13,8 @@ An XMem fork (Supgb/STMAE) whose memory values are object masks rather than feat
 
 BatchNorm statistics stay frozen: `train()` keeps every BatchNorm layer in eval mode (upstream calls
 `.eval()` on the whole network during training, which is the same thing since the model has no dropout).
+Upstream's encoders bring ImageNet statistics; a randomly initialised one has mean 0 / variance 1, so its
+BatchNorm layers do nothing, and training first sets them from one batch (`STMAETask.start`).
 Attribute names follow the upstream code, so released checkpoints (plain state dict or {'network': ...})
 load with `load_checkpoint`.
 

@@ -187,6 +187,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     scfg = stream_config(job, cfg, rank, world)
     batches = clip_batches(config["source"], scfg, step, health, device, cfg.decode_workers)
 
+    first = None
+    if step == 0:  # a fresh run: the task may set itself up from its first batch (STMAE: BatchNorm statistics)
+        first = next(batches)
+        task.start(first)
+
     writer = None
     if rank == 0:
         from torch.utils.tensorboard import SummaryWriter
@@ -203,7 +208,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     first_step, started = step, t0
     while step < cfg.steps:
         t_wait = time.perf_counter()
-        batch = next(batches)
+        if first is not None:
+            batch, first = first, None
+        else:
+            batch = next(batches)
         wait += time.perf_counter() - t_wait
         _maybe_fail(step, rank)
         _log_clips(step, rank, world, batch)

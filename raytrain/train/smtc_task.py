@@ -121,6 +121,9 @@ class SMTCTask:
         }
         return {"loss": sum(terms.values()), **terms, "valid_frac": valid_s.mean()}
 
+    def start(self, batch: dict[str, Tensor]) -> None:
+        """Nothing to set up from data."""
+
     def train_step(self, batch: dict[str, Tensor], step: int) -> dict[str, float]:
         frames = batch["frames"]
         self._check(frames)

@@ -10,7 +10,8 @@ For a clip of T frames with the first-frame mask only:
 4. loss = cross-entropy + soft Dice of the reconstructed frame 0 against its ground truth.
 
 AdamW on all parameters, lr x0.1 after `lr_decay_at * steps` (upstream: epoch 85 of 370), bf16 autocast on
-CUDA, BatchNorm statistics frozen.
+CUDA, BatchNorm statistics frozen. Encoders without a weights file (random initialisation) first get the
+statistics of the run's first batch (`start`, `bn_calibration`); upstream always starts from ImageNet weights.
 
 Deviations from upstream:
 - Frames whose keys cannot receive a gradient (those that are neither frame 0 nor a reference of their
@@ -185,6 +186,38 @@ class STMAETask:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.optimizer.step()
         return {**{k: v.item() for k, v in losses.items()}, "lr": lr}
+
+    def start(self, batch: dict[str, torch.Tensor]) -> None:
+        """Before the first step of a run: with `bn_calibration` "first_batch", give the encoders that have no
+        weights file the BatchNorm statistics of `batch` (`calibrate_bn`)."""
+        if self.cfg.bn_calibration == "first_batch":
+            self.calibrate_bn(batch, [part for part, path in ((self.model.key_encoder, self.cfg.resnet50_path),
+                                                              (self.model.value_encoder, self.cfg.resnet18_path))
+                                      if not path])
+
+    @torch.no_grad()
+    def calibrate_bn(self, batch: dict[str, torch.Tensor], parts: list[nn.Module]) -> None:
+        """Set the running statistics of the BatchNorm layers in `parts` from one training forward pass over
+        `batch` (averaged over ranks), then freeze them again.
+
+        Frozen statistics of a random encoder are mean 0, variance 1, so its BatchNorm layers do not normalise:
+        the keys come out about 0.02 in size and the memory softmax is uniform (every query reads the mean
+        mask). Upstream never meets this: its encoders start from ImageNet weights and statistics."""
+        layers = [m for part in parts for m in part.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if not layers:
+            return
+        for m in layers:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over this pass
+            m.train()
+        self.compute_loss(batch, 0)
+        for m in layers:
+            m.momentum = 0.1
+            if self.distributed:
+                for buf in (m.running_mean, m.running_var):
+                    dist.all_reduce(buf)
+                    buf /= dist.get_world_size()
+        self.model.train()
 
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}

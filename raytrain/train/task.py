@@ -12,6 +12,10 @@ import torch
 
 
 class TrainTask(Protocol):
+    def start(self, batch: dict[str, torch.Tensor]) -> None:
+        """Called once, on every rank, with the first batch of a run that starts from step 0 (not on resume),
+        before the step-0 validation and the first step."""
+
     def train_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
         """One optimizer step on `batch` (tensors already on the task's device). `step` counts from 0 and
         drives the lr schedule. Returns scalar metrics (at least "loss"), already `.item()`-ed."""
