@@ -23,6 +23,7 @@ Deviations from upstream:
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -150,8 +151,10 @@ class STMAETask:
         recon = OneShotReconstruction(self.model)
         if self.distributed:
             cuda_index = self.device.index if self.device.type == "cuda" else None
-            recon = DistributedDataParallel(recon, device_ids=None if cuda_index is None else [cuda_index],
-                                            broadcast_buffers=False)
+            with warnings.catch_warnings():  # torch 2.14 deprecates the flag; older ones lack its successor
+                warnings.filterwarnings("ignore", "`broadcast_buffers` is deprecated", FutureWarning)
+                recon = DistributedDataParallel(recon, device_ids=None if cuda_index is None else [cuda_index],
+                                                broadcast_buffers=False)  # frozen BN: nothing to sync per step
         self.recon = recon
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.amp = self.device.type == "cuda"
