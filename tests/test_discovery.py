@@ -1,5 +1,6 @@
-"""SMTC object discovery: windows, candidates -> <= 20 consistent proposals (official), the smtc-paper
-protocol, and one video end to end with a small random SMTC (one torch thread: the inputs are tiny)."""
+"""SMTC object discovery: windows, the similarity filter, candidates -> <= 20 consistent proposals (official),
+the smtc-paper protocol, and one video end to end with a small random SMTC (one torch thread: the inputs are
+tiny). Scores are checked against tests/davis_reference.py, which shares no code with raytrain."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+import davis_reference as ref
 from raytrain.eval import davis, discovery
 from raytrain.eval.discovery import OFFICIAL, PAPER, Candidates, DiscoverySettings
 from raytrain.models.smtc import SMTC
@@ -62,8 +64,8 @@ def test_official_mode_gives_at_most_20_consistent_proposals(synth_davis):
     for k in range(1, n + 1):  # one id per object over the whole video, although its candidate index changes
         ids = np.unique(maps[gt == k])
         assert len(ids) == 1 and ids[0] > 0, (k, ids)
-    scores = davis.score_unsup(gt, maps)
-    assert np.allclose(scores.j, 1) and np.allclose(scores.f, 1)
+    j, f = ref.unsup(gt, maps)
+    assert j.shape == (n, len(gt)) and (j == 1).all() and (f == 1).all()
 
 
 def test_official_keeps_the_most_persistent_tracks():
@@ -140,6 +142,25 @@ def _decode(result, video) -> np.ndarray:
     return np.stack(maps)
 
 
+def test_candidates_keep_similarity_of_at_least_one_half(tiny_smtc, monkeypatch):
+    """Upstream keeps a candidate when cos(semantic slot, instance slot) >= 0.5: with the model's similarities
+    set to 0.2, 0.4999, 0.5, 0.9, ... (the random model's are all below 0.5), exactly the last two of every four
+    are kept, in every frame of every window, the padded last window included."""
+    discover = tiny_smtc.discover
+    pattern = torch.tensor([0.2, 0.4999, 0.5, 0.9])
+
+    def set_similarity(frames, iters=None):
+        out = discover(frames, iters)
+        sim = pattern.repeat(out.similarity.numel() // 4)
+        return out._replace(similarity=sim.view_as(out.similarity))
+
+    monkeypatch.setattr(tiny_smtc, "discover", set_similarity)
+    frames = torch.randint(0, 256, (6, 3, 40, 60), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    c = discovery.candidates(tiny_smtc, frames, size=(32, 48), window=4, iters=2, batch=1)
+    assert c.valid.tolist() == [[False, False, True, True] * 2] * 6  # 4 semantic x 2 instance slots per frame
+    assert c.soft.shape == (6, 8, 2, 3)
+
+
 def test_discover_video_official(synth_davis, tiny_smtc, monkeypatch):
     # A random SMTC keeps no candidate at cos >= 0.5; accept them all so the proposals are not empty.
     monkeypatch.setattr(discovery, "SIMILARITY_THRESHOLD", -1.0)
@@ -149,9 +170,10 @@ def test_discover_video_official(synth_davis, tiny_smtc, monkeypatch):
     assert list(result.masks) == video.frames and not result.extra
     maps = _decode(result, video)
     assert 0 < maps.max() <= 20
-    expected = davis.score_unsup(_gt(synth_davis)[:4], maps, video.id)
-    np.testing.assert_array_equal(result.scores.j, expected.j)
-    np.testing.assert_array_equal(result.scores.f, expected.f)
+    j, f = ref.unsup(_gt(synth_davis)[:4], maps)  # the official protocol on the PNGs it wrote
+    assert j.shape == result.scores.j.shape and 0 < j.mean() < 1
+    np.testing.assert_allclose(result.scores.j, j, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(result.scores.f, f, rtol=0, atol=1e-12)
     again = discovery.discover_video(tiny_smtc, video, torch.device("cpu"), settings)
     assert again.masks == result.masks  # seeded instance slots: reproducible
 
@@ -160,10 +182,17 @@ def test_discover_video_paper(synth_davis, tiny_smtc, monkeypatch):
     monkeypatch.setattr(discovery, "SIMILARITY_THRESHOLD", -1.0)
     video = _video(synth_davis, frames=5)  # two windows, the second one padded
     settings = DiscoverySettings(mode=PAPER, size=(64, 112), seed=3)
+    masks = []  # the proposals the paper protocol scores
+    paper_masks = discovery.paper_masks
+    monkeypatch.setattr(discovery, "paper_masks", lambda *a: masks.extend(paper_masks(*a)) or masks)
     result = discovery.discover_video(tiny_smtc, video, torch.device("cpu"), settings)
     assert _decode(result, video).max() <= 4 * 2  # per-frame previews: candidate index + 1
-    n_gt = int(_gt(synth_davis)[0][_gt(synth_davis)[0] != 255].max())
-    assert result.scores.j.shape == result.scores.f.shape == (n_gt, 5)
-    assert ((0 <= result.scores.j) & (result.scores.j <= 1)).all()
+    gt = _gt(synth_davis)[:5]
+    assert len(masks) == 5 and all(m.shape == (8, *gt.shape[1:]) for m in masks)  # all 8 kept (threshold -1)
+    j, f = ref.paper(gt, masks)  # per-frame Hungarian on J + F, written independently
+    assert result.scores.j.shape == result.scores.f.shape == j.shape == (ref.num_objects(gt[0]), 5)
+    assert 0 < j.mean() < 1
+    np.testing.assert_allclose(result.scores.j, j, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(result.scores.f, f, rtol=0, atol=1e-12)
     npz = np.load(io.BytesIO(result.extra[f"candidates/{video.id}.npz"]))
     assert npz["valid"].shape == (5, 8) and npz["valid"].all() and npz["soft"].shape == (5 * 8, 4, 7)

@@ -62,7 +62,9 @@ def test_semantic_consistency_hand_case():
     assert semantic_consistency(student, logits, keys).item() == pytest.approx(cross, rel=1e-4)
 
 
-def test_semantic_consistency_gradient_only_to_student():
+def test_semantic_consistency_backpropagates_to_the_student_and_needs_two_frames():
+    """The loss reaches the student's logits; that the teacher gets no gradient is the training step's
+    business (tests/test_smtc_task.py), the loss itself would pass one to a teacher tensor that required it."""
     torch.manual_seed(0)
     s = torch.randn(2, 3, 4, 6, requires_grad=True)
     t = torch.randn(2, 3, 4, 6, requires_grad=True)
@@ -120,7 +122,7 @@ def test_instance_loss_all_frame_pairs_and_negatives_mean():
     assert instance_loss(s, t, valid_s, ones).item() == pytest.approx(per_pair, abs=1e-5)
 
 
-def test_instance_loss_gradient_only_to_student():
+def test_instance_loss_backpropagates_to_the_student():
     torch.manual_seed(0)
     s = torch.nn.functional.normalize(torch.randn(2, 2, 3, 4, 8), dim=-1).requires_grad_()
     t = torch.nn.functional.normalize(torch.randn(2, 2, 3, 4, 8), dim=-1)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io
 import math
 import os
@@ -141,6 +142,31 @@ def test_teacher_encoder_stays_dino_and_student_moves(trained, dino_file):
     # encoder lr x0 for steps 0-2, x0.01 for steps 3-5: the student's encoder has moved a little
     assert not torch.equal(task.model.encoder.blocks[0].attn.qkv.weight, dino["blocks.0.attn.qkv.weight"])
     assert not torch.equal(task.teacher.mlp_slot[0].weight, task.model.mlp_slot[0].weight)
+
+
+def test_teacher_gets_no_gradient_and_moves_only_by_ema(trained):
+    """After a training step no teacher parameter holds a gradient, and each one is the EMA of its old value
+    and the student's new one with the configured momentum; the teacher's encoder is excluded and stays."""
+    task = copy.deepcopy(trained[0])
+    task.cfg = dataclasses.replace(task.cfg, ema_momentum=0.75)  # not the default 0.999: the flag is used
+    old = {name: p.detach().clone() for name, p in task.teacher.named_parameters()}
+    student_before = {name: p.detach().clone() for name, p in task.model.named_parameters()}
+    task.train_step({"frames": _frames(seed=4)}, 6)  # step >= grad_iter: the student's encoder moves too
+    assert all(p.grad is None for p in task.teacher.parameters())
+    assert all(p.grad is not None for g in task.optimizer.param_groups for p in g["params"])  # a backward ran
+    student = {name: p.detach() for name, p in task.model.named_parameters()}
+    moved = 0
+    for name, p in task.teacher.named_parameters():
+        if name.startswith("encoder."):
+            assert torch.equal(p, old[name]), name
+            continue
+        # teacher <- 0.75 teacher + 0.25 student, with the student's value after this step's update
+        torch.testing.assert_close(p.detach(), 0.75 * old[name] + 0.25 * student[name], rtol=1e-6, atol=1e-7,
+                                   msg=name)
+        moved += not torch.equal(student[name], student_before[name])
+    assert moved >= 10  # the step did change the student: EMA with its old value would differ
+    qkv = "encoder.blocks.0.attn.qkv.weight"
+    assert not torch.equal(student[qkv], student_before[qkv])
 
 
 def test_state_dict_round_trip_gives_identical_next_step(trained):

@@ -1,5 +1,6 @@
-"""STMAE dataset-level evaluation: a valid YouTube-VOS submission zip, DAVIS-2017 results scored by the DAVIS
-evaluator, DAVIS-2016's 0/255 masks. Random STMAE (weights saved to a file), one torch thread: these inputs are
+"""STMAE dataset-level evaluation: a valid YouTube-VOS submission zip, DAVIS-2017 results whose reported
+numbers are the DAVIS scores of the PNGs written (checked with tests/davis_reference.py, which shares no code
+with raytrain), DAVIS-2016's 0/255 masks. Random STMAE (weights saved to a file), one torch thread: these inputs are
 so small that a second thread only adds synchronisation on busy cores."""
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from raytrain.eval import davis, vos
+import davis_reference as ref
+from raytrain.eval import vos
 from raytrain.cli.evaluate import main_stmae
 from raytrain.models.stmae import STMAE
 from shards.synth import DAVIS_PALETTE, YTVOS_PALETTE, write_davis2016, write_ytvos
@@ -70,21 +72,31 @@ def test_youtube_submission_zip(small_ytvos, weights, tmp_path):
     assert (tmp_path / "overlays" / f"{vid}.gif").is_file()
 
 
-def test_davis17_results_scored_by_the_davis_evaluator(synth_davis, weights, tmp_path):
+def test_davis17_results_and_their_reported_scores(synth_davis, weights, tmp_path):
     # Checkpoint and output folder given as URIs (s3:// on a cluster): fetched first, uploaded at the end.
     summary = main_stmae(["--dataset", "D17", "--data", str(synth_davis), "--checkpoint", f"file://{weights}",
                           "--out", f"file://{tmp_path}", *FAST])
     assert summary["model"] == f"file://{weights}"
-    seqs = davis.read_sequence_list(synth_davis, "val")
+    seqs = (synth_davis / "ImageSets" / "2017" / "val.txt").read_text().split()
+    scored = []
     for seq in seqs:
         pngs = sorted((tmp_path / seq).glob("*.png"))
-        assert len(pngs) == len(list((synth_davis / "JPEGImages" / "480p" / seq).glob("*.jpg")))
+        jpgs = (synth_davis / "JPEGImages" / "480p" / seq).glob("*.jpg")
+        assert [p.stem for p in pngs] == sorted(p.stem for p in jpgs)
         with Image.open(pngs[0]) as im:
             assert im.mode == "P" and bytes(im.getpalette()) == DAVIS_PALETTE
-    report = davis.evaluate_semi(synth_davis, tmp_path, sequences=seqs, write=False)
-    assert summary["global_results"] == pytest.approx(report.as_dict())
-    assert summary["objects"] == [list(o) for o in report.objects]
-    assert (tmp_path / "global_results-val.csv").is_file() and (tmp_path / "per-sequence_results-val.csv").is_file()
+        gt = ref.read_pngs(synth_davis / "Annotations" / "480p" / seq)
+        j, f = ref.semi(gt, ref.read_pngs(tmp_path / seq))  # the official semi-supervised rules, written anew
+        scored.append((seq, j, f))
+    expected, rows = ref.global_results(scored)
+    assert 0 < expected["J-Mean"] < 1 and 0 < expected["F-Mean"] < 1
+    assert summary["global_results"] == pytest.approx(expected, rel=0, abs=1e-12)
+    assert [o[0] for o in summary["objects"]] == [r[0] for r in rows]
+    np.testing.assert_allclose([o[1:] for o in summary["objects"]], [r[1:] for r in rows], rtol=0, atol=1e-12)
+    csv = (tmp_path / "global_results-val.csv").read_text().splitlines()
+    assert csv == [",".join(expected), ",".join("%.3f" % v for v in expected.values())]
+    per_seq = (tmp_path / "per-sequence_results-val.csv").read_text().splitlines()
+    assert per_seq == ["Sequence,J-Mean,F-Mean"] + [f"{name},{j:.3f},{f:.3f}" for name, j, f in rows]
 
 
 def test_davis16_binary_masks(tmp_path, weights):
@@ -104,6 +116,7 @@ def test_davis16_binary_masks(tmp_path, weights):
     preds = np.stack(preds)
     assert set(np.unique(preds)) <= {0, 255}
     assert (preds[0] == gt[0]).all()  # the given first frame comes back as 255
-    expected = davis.score_semi(gt // 255, preds // 255, item.id)
-    np.testing.assert_array_equal(result.scores.j, expected.j)
-    np.testing.assert_array_equal(result.scores.f, expected.f)
+    j, f = ref.semi(gt // 255, preds // 255)
+    assert j.shape == (1, len(gt) - 2)
+    np.testing.assert_allclose(result.scores.j, j, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(result.scores.f, f, rtol=0, atol=1e-12)
