@@ -303,7 +303,7 @@ def main() -> None:
         raise SystemExit("the baseline needs OpenCV: pip install opencv-python-headless")
     import ray
 
-    from raytrain.runtime import init_ray
+    from shards.cluster import init_ray
     from shards.pack import pack, read_index
     from shards.synth import write_ytvos
 

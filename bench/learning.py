@@ -18,7 +18,7 @@ SMTC; train splits packed into shards for training, the DAVIS val split for scor
 
 Every training and evaluation is the real job, run as a subprocess (each starts its own private Ray; Ray
 Train, real shards, real checkpoints). The configuration below was fixed from the time budget (the whole
-benchmark under 45 minutes on 2 cores) and, for STMAE, from probes of the earlier versions' failures (README,
+benchmark under 45 minutes on 2 cores) and, for STMAE, from probes of the earlier versions' failures (docs/results.md,
 "Shown to learn": dot keys, then frozen identity BatchNorm making every memory read the mean mask), before
 this version was run; numbers are reported as measured.
 
@@ -50,7 +50,7 @@ from raytrain.models.stmae import similarity  # noqa: E402
 from raytrain.train.stmae_task import normalise  # noqa: E402
 from raytrain.eval.validate import discovery_size  # noqa: E402
 from raytrain.eval.video_io import read_ground_truth  # noqa: E402
-from raytrain.runtime import STATE_FILE, load_checkpoint_state  # noqa: E402
+from raytrain.checkpoints import STATE_FILE, load_checkpoint_state  # noqa: E402
 from shards.cache import SYNTHETIC_SET  # noqa: E402
 from shards.layout import list_videos  # noqa: E402
 from shards.pack import pack  # noqa: E402

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence, TypeVar
 
 from shards.errors import DEBUG_HELP, UsageError
+from shards.paths import location
 
 T = TypeVar("T")
 
@@ -410,6 +411,9 @@ _RULES: dict[type, list[Rule]] = {
     EvalSTMAEConfig: [
         ("mem_every", _at_least(1), "at least 1"), ("max_mem_frames", _at_least(0), "at least 0"),
     ],
+    ScoreConfig: [
+        ("num_workers", _at_least(0), "0 (automatic) or more"), ("max_proposals", _at_least(1), "at least 1"),
+    ],
     SweepOptions: [
         ("num_samples", _at_least(1), "at least 1"), ("mode", lambda v: v in ("max", "min"), "max or min"),
         ("grace_steps", _at_least(0), "at least 0"), ("reduction_factor", lambda v: v > 1, "more than 1"),
@@ -476,10 +480,29 @@ RESUME_FREE = frozenset({"name", "storage_path", "use_gpu", "cpus_per_worker", "
 BATCH_FLAGS = ("batch_size", "num_workers", "global_batch_size")
 
 
+def _data_sources(items: Sequence[str]) -> list[tuple[str, str]]:
+    """`--data` items as (location, weight): one folder spelled two ways (`d`, `./d/`, `d//`) is one source, and
+    no weight is weight 1. A mixture file stays a file (its list is compared through the clip stream)."""
+    out = []
+    for item in items:
+        head, sep, tail = item.rpartition(":")
+        path, weight = (head, tail) if sep and head and "/" not in tail else (item, "1")
+        out.append((location(path), weight.lstrip("0") or weight))
+    return out
+
+
+def _batch_words(cfg: Any) -> str:
+    """The flags that set a config's global batch."""
+    if cfg.global_batch_size:
+        return f"--global_batch_size {cfg.global_batch_size}"
+    return f"--batch_size {cfg.batch_size} x --num_workers {cfg.num_workers}"
+
+
 def config_changes(saved: dict[str, Any], cfg: Any) -> list[str]:
     """`--flag saved -> now` for each flag of `cfg` outside RESUME_FREE that differs from a checkpoint's saved
-    config (a flag the saved config lacks is compared with its default), and the batch flags if the global
-    batch differs (the clip stream depends on it, not on how it is split between workers)."""
+    config (a flag the saved config lacks is compared with its default; `--data` by where each source is), and
+    the flags that set the global batch if it differs (the clip stream depends on it, not on how it is split
+    between workers), naming only flags that set it: a --batch_size is not named beside a --global_batch_size."""
     changes, defaults = [], {}
     for f in dataclasses.fields(cfg):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
@@ -491,13 +514,19 @@ def config_changes(saved: dict[str, Any], cfg: Any) -> list[str]:
             old = [old] if old else []
         if isinstance(old, (list, tuple)) and isinstance(new, (list, tuple)):
             old, new = list(old), list(new)
+        if f.name == "data" and isinstance(old, list) and _data_sources(old) == _data_sources(new):
+            continue
         if old != new:
             changes.append(f"--{f.name} {old!r} -> {new!r}")
     if isinstance(cfg, RunConfig):
         before = dataclasses.replace(cfg, **{k: saved.get(k, defaults[k]) for k in BATCH_FLAGS})
         if global_batch(before) != global_batch(cfg):
-            flags = [f"--{k} {getattr(before, k)!r} -> {getattr(cfg, k)!r}" for k in BATCH_FLAGS
-                     if getattr(before, k) != getattr(cfg, k)]
+            if bool(before.global_batch_size) != bool(cfg.global_batch_size):
+                flags = [f"{_batch_words(before)} -> {_batch_words(cfg)}"]
+            else:
+                keys = ("global_batch_size",) if cfg.global_batch_size else ("batch_size", "num_workers")
+                flags = [f"--{k} {getattr(before, k)!r} -> {getattr(cfg, k)!r}" for k in keys
+                         if getattr(before, k) != getattr(cfg, k)]
             changes.append(f"{', '.join(flags)} (global batch {global_batch(before)} -> {global_batch(cfg)} clips; "
                            f"--global_batch_size {global_batch(before)} keeps it on any number of workers)")
     return changes

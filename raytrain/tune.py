@@ -19,7 +19,9 @@ Layout under `--storage_path` (default ./runs), all names deterministic: `<name>
 (`trial_000`, `trial_001`, ... hold Tune's per-trial results), `<name>/train/trial_NNN/` the Train run of each
 trial (checkpoints, TensorBoard), and `<name>/trials.csv` plus `<name>/<metric>_vs_params.png` the summary.
 Running the job again with the same `--name` and `--storage_path` restores the sweep (`Tuner.restore`):
-finished trials are kept, unfinished and errored ones continue from their last Train checkpoint.
+finished trials are kept, unfinished and errored ones continue from their last Train checkpoint. The flags
+a sweep started with are saved (`<name>/sweep.json`) and apply to the restored sweep; those given again that
+differ are named.
 
 A trial whose Train run fails (after `--max_failures` worker-group restarts) is retried by Tune
 (`--trial_failures`); the retry resumes the same Train run from its last checkpoint.
@@ -29,6 +31,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import json
 import math
 import posixpath
 from pathlib import Path
@@ -48,10 +51,27 @@ from shards.errors import UsageError, UserError, find_user_error
 from shards.layout import resolve
 
 
+# What every report of a trial holds (`raytrain.train.loop`: the step's loss terms, lr and speed; the
+# validation metrics with --val_data, `val_disc_*` when it also has Annotations_unsupervised). The skip counts
+# (`skipped_*`) are left out: they are reported only once something was skipped.
+REPORTED = ("loss", "lr", "clips_per_s", "data_wait")
+JOB_REPORTED = {"smtc": ("loss_cons", "loss_diff", "loss_inst", "valid_frac"), "stmae": ("loss_ce", "loss_dice")}
+VAL_REPORTED = {"smtc": ("val_jf", "val_j", "val_f", "val_disc_jf", "val_disc_j", "val_disc_f"),
+                "stmae": ("val_jf", "val_j", "val_f")}
+
+
+def reported_metrics(job: str) -> tuple[str, ...]:
+    """The metrics a trial of `job` reports (with --val_data), any of which --metric may name."""
+    return REPORTED + JOB_REPORTED[job] + VAL_REPORTED[job]
+
+
 def check(cfg: Any, job: str) -> None:
     """Refuse a sweep whose flags (every searched value too) are out of range or do not go together."""
     if cfg.mode not in ("max", "min"):
         raise UsageError(f"--mode must be max or min, got {cfg.mode!r}")
+    if cfg.metric not in reported_metrics(job):
+        raise UsageError(f"--metric {cfg.metric!r} is not a metric a {job} trial reports; one of "
+                         f"{', '.join(reported_metrics(job))}")
     if cfg.metric.startswith("val_") and not cfg.val_data:
         raise UsageError(f"--metric {cfg.metric} is only reported with --val_data (or use --metric loss --mode min)")
     if cfg.num_samples < 1:
@@ -240,6 +260,11 @@ def summarize(results: ray.tune.ResultGrid, job: str, cfg: Any) -> dict[str, Any
     if not rows:
         print("no trials")
         return None
+    if "://" in storage:  # Train reports a checkpoint's path inside its filesystem: give the URI
+        scheme = storage.split("://", 1)[0] + "://"
+        for row in rows:
+            if row["checkpoint"] and "://" not in row["checkpoint"]:
+                row["checkpoint"] = scheme + row["checkpoint"]
     print("\n" + format_table(rows))
     folder = posixpath.join(storage, name)
     _write(posixpath.join(folder, "trials.csv"), table_csv(rows))
@@ -258,9 +283,44 @@ def summarize(results: ray.tune.ResultGrid, job: str, cfg: Any) -> dict[str, Any
     return best
 
 
+SETTINGS = "sweep.json"  # the flags a sweep was started with, in its folder: what a restore uses
+
+
+def saved_settings(job: str, cfg: Any) -> Any:
+    """The flags that apply to this sweep: on a restore, those it was started with (read from its SETTINGS;
+    each that differs from the flags given now is named, as the saved one overrides it), else `cfg`, saved."""
+    storage, name = sweep_dir(cfg, job)
+    path = posixpath.join(storage, name)
+    fs, folder = resolve(path)
+    settings = posixpath.join(folder, SETTINGS)
+    if not ray.tune.Tuner.can_restore(path):
+        fs.create_dir(folder, recursive=True)
+        _write(posixpath.join(path, SETTINGS), json.dumps(to_dict(cfg), indent=1).encode())
+        return cfg
+    try:
+        with fs.open_input_stream(settings) as f:
+            saved = json.loads(f.read())
+    except (OSError, ValueError):
+        print(f"{path}: a sweep from before {SETTINGS} was saved: its own settings are used, whatever flags are "
+              f"given now", flush=True)
+        return cfg
+    now = to_dict(cfg)
+    keep = {"name", "storage_path"}
+    differ = [f"--{k} {_flag(saved[k])} (given now: {_flag(now[k])})" for k in now
+              if k not in keep and k in saved and saved[k] != now[k]]
+    if differ:
+        print(f"{path}: the sweep's saved settings override the flags given now: {'; '.join(differ)}", flush=True)
+    return from_dict(type(cfg), {**saved, **{k: now[k] for k in keep}})
+
+
+def _flag(value: Any) -> str:
+    return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
 def run_sweep(job: str, cfg: Any) -> tuple[ray.tune.ResultGrid, dict[str, Any] | None]:
     """Run (or restore and finish) the sweep; print and save its summary. Ray must be initialised."""
     check(cfg, job)
+    cfg = saved_settings(job, cfg)
     results = make_tuner(job, cfg).fit()
     best = summarize(results, job, cfg)
     rows = trial_rows(results, job, cfg.metric, cfg.steps)

@@ -3,7 +3,8 @@
 Found: a missing index or shard, shards not in the index, a tar cut short (a member's data ends early or the
 end-of-archive blocks are missing), missing, unexpected, duplicated or non-contiguous members, members whose
 size, CRC-32 or byte offset differs from the index, JPEG/PNG members PIL cannot decode or whose size differs
-from the video's, and `<video>.json` members that are unreadable or disagree with the index.
+from the video's, `<video>.json` members that are unreadable or disagree with the index, and the temp files and
+the lock that an interrupted pack left.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from PIL import Image
 
 from .errors import UserError
 from .layout import resolve
-from .pack import INDEX, read_index
+from .pack import INDEX, LOCK, PLAN, TEMP, read_index
 from .progress import Progress
 
 MAX_LISTED = 10  # missing members listed per shard before summing up the rest
@@ -139,6 +140,13 @@ def check(out: str, workers: int | None = None) -> Report:
     for info in fs.get_file_info(pafs.FileSelector(folder)):
         if info.base_name.endswith(".tar") and info.base_name not in shards:
             report.problems.append(f"{info.base_name}: shard not listed in {INDEX}")
+        temp = TEMP.fullmatch(info.base_name)
+        if temp and (temp["name"].endswith(".tar") or temp["name"] in (PLAN, INDEX)):
+            report.problems.append(f"{info.base_name}: temp file of an interrupted pack; run the same pack command "
+                                   f"again (it removes it), or delete it")
+        if info.base_name == LOCK:
+            report.problems.append(f"{LOCK}: a pack is writing into this folder, or one was killed (the next pack "
+                                   f"into it takes the lock over)")
     with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool, \
             Progress(len(shards), "check", unit="shard") as bar:
         for read, problems in pool.map(lambda s: _check_shard(fs, folder, s, shards[s]), shards):

@@ -12,6 +12,7 @@ catches them.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Sequence
@@ -35,6 +36,24 @@ class UsageError(UserError):
 
 class NotFound(UserError, FileNotFoundError):
     """A file or folder the user named does not exist."""
+
+
+def storage_problem(e: BaseException) -> str:
+    """An OSError from a filesystem in one line; the S3 errors a user can act on (endpoint, bucket,
+    credentials) said in words, with the setting that fixes them."""
+    text = " ".join(str(e).split())
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if "NETWORK_CONNECTION" in text or "Could not connect" in text or "Couldn't resolve host" in text:
+        where = f"the S3 endpoint {endpoint} (AWS_ENDPOINT_URL)" if endpoint else "the S3 endpoint"
+        return f"cannot reach {where}: nothing answers there"
+    bucket = re.search(r"[Bb]ucket '([^']+)' not found|NoSuchBucket|NO_SUCH_BUCKET", text)
+    if bucket:
+        return f"the bucket {bucket[1] + ' ' if bucket[1] else ''}does not exist"
+    if re.search(r"ACCESS_DENIED|AccessDenied|InvalidAccessKeyId|SignatureDoesNotMatch|INVALID_ACCESS_KEY|"
+                 r"SIGNATURE_DOES_NOT_MATCH|HTTP response code: 403", text):
+        return ("the S3 server refused the credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, or the "
+                "profile in AWS_PROFILE)")
+    return text
 
 
 def find_user_error(error: BaseException) -> UserError | None:
@@ -96,4 +115,4 @@ def naming(flag: str, value: str) -> Iterator[None]:
             raise
         raise type(e)(f"{flag}: {e}" if str(value) in str(e) else f"{flag} {value}: {e}") from None
     except OSError as e:
-        raise UserError(f"{flag} {value}: {e}") from None
+        raise UserError(f"{flag} {value}: {storage_problem(e)}") from None

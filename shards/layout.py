@@ -1,5 +1,7 @@
 """List the videos of a DAVIS-2017 or YouTube-VOS folder (a local path or any URI pyarrow.fs understands).
 
+Frames are JPEG files (`.jpg` or `.jpeg`, in any case), annotations PNG files (`.png`, in any case).
+
 DAVIS-2017: `JPEGImages/480p/<seq>/*.jpg`, `Annotations[_unsupervised]/480p/<seq>/*.png`,
 `ImageSets/2017/<split>.txt`. Splits: any ImageSets file (`train`, `val`, ...), or `all` for every sequence.
 Objects are ids 1..N with N the largest id in the first annotated frame (as the DAVIS evaluator counts them).
@@ -82,15 +84,27 @@ def canonical_split(layout: str, split: str) -> str:
     return "valid" if split == "val" else split
 
 
-def _files(fs: pafs.FileSystem, folder: str, ext: str) -> dict[str, dict[str, tuple[str, int]]]:
-    """{video: {frame: (path, size)}} for the `*.ext` files one level below `folder` (empty if it is absent)."""
+JPEG_SUFFIXES = (".jpg", ".jpeg")  # any case: .JPG, .Jpeg, ...
+PNG_SUFFIXES = (".png",)
+
+
+def _files(fs: pafs.FileSystem, folder: str, suffixes: tuple[str, ...]) -> dict[str, dict[str, tuple[str, int]]]:
+    """{video: {frame: (path, size)}} for the files one level below `folder` whose suffix, in any case, is one
+    of `suffixes` (empty if the folder is absent). Two files of one frame (`00000.jpg` and `00000.JPG`) are
+    refused, naming both."""
     out: dict[str, dict[str, tuple[str, int]]] = {}
     for info in fs.get_file_info(pafs.FileSelector(folder, recursive=True, allow_not_found=True)):
-        if info.type != pafs.FileType.File or not info.path.endswith(ext):
+        if info.type != pafs.FileType.File:
             continue
         parts = posixpath.relpath(info.path, folder).split("/")
-        if len(parts) == 2:
-            out.setdefault(parts[0], {})[parts[1][:-len(ext)]] = (info.path, info.size)
+        stem, dot, suffix = parts[-1].rpartition(".")
+        if len(parts) != 2 or not dot or f".{suffix.lower()}" not in suffixes:
+            continue
+        frames = out.setdefault(parts[0], {})
+        if stem in frames:
+            raise UserError(f"{frames[stem][0]} and {info.path}: two files for frame {stem} of {parts[0]}; "
+                            f"keep one")
+        frames[stem] = (info.path, info.size)
     return out
 
 
@@ -127,9 +141,9 @@ def _parallel(fn, items: list) -> list:
 
 def _davis(fs: pafs.FileSystem, base: str, root: str, split: str, unsupervised: bool
            ) -> tuple[list[str], dict, dict, dict[str, dict[int, str]]]:
-    jpegs = _files(fs, posixpath.join(base, "JPEGImages", "480p"), ".jpg")
+    jpegs = _files(fs, posixpath.join(base, "JPEGImages", "480p"), JPEG_SUFFIXES)
     ann_folder = "Annotations_unsupervised" if unsupervised else "Annotations"
-    anns = _files(fs, posixpath.join(base, ann_folder, "480p"), ".png")
+    anns = _files(fs, posixpath.join(base, ann_folder, "480p"), PNG_SUFFIXES)
     if split == "all":
         names = sorted(jpegs)
     else:
@@ -160,8 +174,8 @@ def _ytvos(fs: pafs.FileSystem, base: str, root: str, split: str
     jpeg_dir = posixpath.join(base, split, "JPEGImages")
     if not _is_dir(fs, jpeg_dir):
         raise NotFound(f"{root}: split {split!r} needs the folder {jpeg_dir}, which does not exist")
-    jpegs = _files(fs, jpeg_dir, ".jpg")
-    anns = _files(fs, posixpath.join(base, ann_split, "Annotations"), ".png")
+    jpegs = _files(fs, jpeg_dir, JPEG_SUFFIXES)
+    anns = _files(fs, posixpath.join(base, ann_split, "Annotations"), PNG_SUFFIXES)
     names = sorted(jpegs)
     meta_path = posixpath.join(base, ann_split, "meta.json")
     if fs.get_file_info(meta_path).type == pafs.FileType.File:

@@ -14,8 +14,13 @@ is refused. `index.parquet` (one row per video, see `SCHEMA`) is written last. I
 paths or pyarrow.fs URIs (s3://...).
 
 A pack holds the lock file `.pack.lock` (its pid, host and run id) in the output folder while it runs, and a
-second pack into the same folder is refused. Temporary names carry the run id (`.<name>.tmp-<run>`): a pack
-deletes only its own, and those of a dead pack whose lock it takes over. Every error names the file or shard.
+second pack into the same folder is refused. Temporary names carry the run id (`.<name>.tmp-<run>`): holding
+the lock, a pack deletes the temp files of earlier runs, of its plan's files (shards, plan, index) and any of
+a dead pack whose lock it takes over, and no other dotfile. Every error names the file or shard.
+
+The output folder is checked before anything is written: it must not be, lie inside or hold `--src`, and it
+must be new, empty, or hold only what a pack writes (the folder of an earlier pack holds its plan.json). A
+video whose frames or annotations differ in size from its first frame is packed with a warning naming it.
 """
 from __future__ import annotations
 
@@ -37,8 +42,10 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from PIL import Image
 
-from .errors import NotFound, UsageError, UserError
+from .cluster import init_ray
+from .errors import NotFound, UsageError, UserError, storage_problem
 from .layout import Video, canonical_split, detect_layout, image_problem, list_videos, resolve
+from .paths import output_entries, refuse_overlap
 from .progress import Progress
 
 INDEX = "index.parquet"
@@ -113,6 +120,28 @@ def _resized(data: bytes, short: int, is_mask: bool, path: str) -> bytes:
     return buf.getvalue()
 
 
+def _image_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from an image's header; None when PIL cannot read it (the decoders name it later)."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return img.size
+    except Exception:  # noqa: BLE001 - PIL raises many types for broken data
+        return None
+
+
+def size_warning(video: str, members: list[tuple[str, bytes]]) -> str | None:
+    """A line naming the frames and annotations of one video whose size differs from its first frame's (the
+    readers assume one size per video, and `check` reports them), or None."""
+    sizes = [(name, _image_size(data)) for name, data in members if name.endswith((".jpg", ".png"))]
+    first = next((size for name, size in sizes if name.endswith(".jpg") and size), None)
+    odd = [(name, size) for name, size in sizes if size and size != first]
+    if first is None or not odd:
+        return None
+    listed = ", ".join(f"{name.split('.', 1)[1]} {w}x{h}" for name, (w, h) in odd[:5])
+    return (f"video {video}: {len(odd)} frame(s) or annotation(s) differ in size from its first frame's "
+            f"{first[0]}x{first[1]}: {listed}{', ...' if len(odd) > 5 else ''}")
+
+
 def _sample(video: Video, layout: str, split: str, resize_short: int | None) -> list[tuple[str, bytes]]:
     """The tar members of one video, sorted by name."""
     members = []
@@ -169,8 +198,12 @@ def write_shard(fs: pafs.FileSystem, folder: str, name: str, videos: list[Video]
         with fs.open_output_stream(tmp, compression=None) as stream, \
                 tarfile.open(fileobj=stream, mode="w|") as tar:
             for video in videos:
-                members = [(n, d, _tar_member(tar, n, d)) for n, d in _sample(video, layout, split, resize_short)]
+                sample = _sample(video, layout, split, resize_short)
+                members = [(n, d, _tar_member(tar, n, d)) for n, d in sample]
                 rows.append(_row(name, json.loads(members[-1][1]), members))
+                warning = size_warning(video.id, sample)
+                if warning:
+                    rows[-1]["warning"] = warning  # printed by the driver; not a column of the index
         fs.move(tmp, posixpath.join(folder, name))
     except BaseException:
         if fs.get_file_info(tmp).type == pafs.FileType.File:
@@ -240,6 +273,27 @@ def _save_plan(fs: pafs.FileSystem, folder: str, out: str, plan: dict, run: str)
                             f"--shard-size, --resize-short or --prefix); pack into an empty folder")
         return
     _atomic_write(fs, path, json.dumps(plan, indent=1).encode(), run)
+
+
+TEMP = re.compile(r"\.(?P<name>.+)\.tmp-(?P<run>[^.]+)")  # `_tmp`'s names
+SHARD = re.compile(r".+-\d{6}\.tar")  # `plan_shards`'s names
+
+
+def _own_file(name: str) -> bool:
+    """Whether a pack writes files of this name (what an output folder may hold besides a plan.json)."""
+    return name in (PLAN, INDEX, LOCK) or bool(SHARD.fullmatch(name) or TEMP.fullmatch(name))
+
+
+def check_output(src: str, out: str) -> None:
+    """Refuse, before anything is written, an --out that is, lies inside or holds --src, is a file or lies
+    under one, or holds files no pack wrote (a folder of an earlier pack holds its plan.json)."""
+    refuse_overlap("--out", out, [("--src", src)])
+    entries = output_entries("--out", out)
+    foreign = [e for e in entries if not _own_file(e)]
+    if foreign and PLAN not in entries:
+        raise UserError(f"--out {out}: holds files that no pack wrote ({', '.join(foreign[:3])}"
+                        f"{', ...' if len(foreign) > 3 else ''}); pack into a new or empty folder, or into the "
+                        f"folder of an earlier pack of the same data to finish it")
 
 
 def _url(out: str, name: str) -> str:
@@ -343,6 +397,7 @@ def pack(src: str, out: str, layout: str | None = None, split: str = "train", *,
     """
     import ray
 
+    check_output(src, out)
     layout = layout or detect_layout(src)
     split = canonical_split(layout, split)
     videos = list_videos(src, layout, split)
@@ -360,18 +415,27 @@ def pack(src: str, out: str, layout: str | None = None, split: str = "train", *,
     plan = plan_shards(videos, parse_size(shard_size), prefix)
 
     fs, folder = resolve(out)
-    fs.create_dir(folder, recursive=True)
+    try:
+        fs.create_dir(folder, recursive=True)
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot write there ({storage_problem(e)})") from None
     with _locked(fs, folder, out) as (run, stale):
         _save_plan(fs, folder, out, {"layout": layout, "split": split, "resize_short": resize_short,
                                      "shards": {name: [v.id for v in vs] for name, vs in plan}}, run)
         entries = fs.get_file_info(pafs.FileSelector(folder))
-        for info in entries:  # the temp files of the dead pack whose lock this run took over
-            if stale and info.base_name.startswith(".") and info.base_name.endswith(f".tmp-{stale}"):
+        ours = {name for name, _ in plan} | {PLAN, INDEX}
+        left = []
+        for info in entries:  # temp files of an earlier pack: this run holds the lock, so no pack writes them
+            m = TEMP.fullmatch(info.base_name)
+            if m and m["run"] != run and (m["run"] == stale or m["name"] in ours):
                 fs.delete_file(info.path)
+                left.append(info.base_name)
+        if left:
+            print(f"pack: removed {len(left)} temp file(s) an interrupted pack left in {out}: "
+                  f"{', '.join(left[:3])}{', ...' if len(left) > 3 else ''}", file=sys.stderr)
         existing = {info.base_name for info in entries if info.type == pafs.FileType.File}
 
-        if not ray.is_initialized():
-            ray.init()
+        init_ray()
         write = ray.remote(num_cpus=1)(write_shard)
         index = ray.remote(num_cpus=1)(index_shard)
         pending = {}
@@ -396,6 +460,9 @@ def pack(src: str, out: str, layout: str | None = None, split: str = "train", *,
                 if isinstance(e.cause, UserError):
                     raise e.cause from None
                 raise
+            for row in results[name]:
+                if row.get("warning"):
+                    print(f"pack: warning: {name}: {row['warning']}", file=sys.stderr)
             if verbose:
                 print(f"{name}: {what} ({len(results[name])} videos)", file=sys.stderr)
             bar.update(note=f"{name} {what}")

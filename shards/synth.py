@@ -27,7 +27,9 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +37,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from scipy import ndimage
+
+from .errors import DEBUG_HELP, UsageError, UserError, run_cli
+from .paths import output_entries
 
 JPEG_QUALITY = 90
 YTVOS_STEP = 5  # YouTube-VOS keeps every 5th frame of the 30 fps video
@@ -265,29 +270,37 @@ def _png(label: np.ndarray, palette: bytes) -> bytes:
 def _check_size(height: int, width: int | None, max_objects: int, num_frames: int) -> int:
     width = default_width(height) if width is None else width
     if height < 32 or width < 32:
-        raise ValueError(f"--height/--width must be at least 32 px, got {height} x {width}")
+        raise UsageError(f"--height/--width must be at least 32 px, got {height} x {width}")
     if not 1 <= max_objects <= 254:
-        raise ValueError(f"--objects must be in 1..254, got {max_objects}")
+        raise UsageError(f"--objects must be in 1..254, got {max_objects}")
     if num_frames < 2:
-        raise ValueError(f"--frames must be at least 2, got {num_frames}")
+        raise UsageError(f"--frames must be at least 2, got {num_frames}")
     return width
 
 
 def _split_sizes(num_videos: int, num_val: int | None) -> int:
+    if num_videos < 1:
+        raise UsageError(f"--videos must be at least 1, got {num_videos}")
     if num_val is None:
         num_val = max(1, round(num_videos / 3)) if num_videos >= 2 else 0
     if not 0 <= num_val <= num_videos:
-        raise ValueError(f"num_val must be in 0..{num_videos}, got {num_val}")
+        raise UsageError(f"--val must be in 0..{num_videos} (--videos), got {num_val}")
     return num_val
 
 
 def _davis_names(rng: np.random.Generator, n: int) -> list[str]:
+    """`n` distinct DAVIS-like names, drawn at random while distinct ones remain (noun or noun-modifier: 630);
+    past that, the drawn names again with a number (`bear-2`, `bike-red-2`, ...)."""
+    distinct = len(_NOUNS) * (len(_MODIFIERS) + 1)
     names: list[str] = []
-    while len(names) < n:
+    seen: set[str] = set()
+    while len(names) < min(n, distinct):
         noun = _NOUNS[rng.integers(len(_NOUNS))]
         name = noun if rng.random() < 0.3 else f"{noun}-{_MODIFIERS[rng.integers(len(_MODIFIERS))]}"
-        if name not in names:
+        if name not in seen:
+            seen.add(name)
             names.append(name)
+    names += [f"{names[i % distinct]}-{i // distinct + 1}" for i in range(distinct, n)]
     return names
 
 
@@ -322,8 +335,8 @@ def _draw_video(seed: int, index: int, h: int, w: int, num_frames: int, max_obje
             ok = seen.any(0).all() and not any(seen[0, obj.id - 1] for obj in scene.objects if late[obj.id - 1])
         if ok:
             return scene, labels
-    raise RuntimeError(f"could not draw a valid synthetic video (seed {seed}, index {index}); "
-                       f"try other --height/--objects")
+    raise UserError(f"could not draw a valid synthetic video (seed {seed}, index {index}); "
+                    f"try other --height/--objects")
 
 
 def write_davis(out: str | Path, *, num_videos: int = 8, num_frames: int = 24, height: int = 480,
@@ -434,7 +447,8 @@ def write_ytvos(out: str | Path, *, num_videos: int = 8, num_frames: int = 24, h
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m shards.synth", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m shards.synth", description=__doc__.split("\n\n")[0],
+                                epilog="--out must be a new or empty folder. " + DEBUG_HELP)
     p.add_argument("--layout", choices=("davis", "ytvos"), required=True)
     p.add_argument("--out", required=True, help="folder to write the dataset into")
     p.add_argument("--videos", type=int, default=8, help="number of videos")
@@ -445,12 +459,22 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--val", type=int, default=None, help="videos in the val/valid split (default: about 1/3)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
+    width = _check_size(a.height, a.width, a.objects, a.frames)  # before anything is written
+    _split_sizes(a.videos, a.val)
+    entries = output_entries("--out", a.out)
+    if entries:  # a data set is written over files of the same names: never into someone's data
+        raise UserError(f"--out {a.out}: not empty ({', '.join(entries[:3])}{', ...' if len(entries) > 3 else ''}); "
+                        f"write a synthetic data set into a new or empty folder")
+    try:
+        os.makedirs(a.out, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--out {a.out}: cannot write there ({e.strerror or e})") from None
     write = write_davis if a.layout == "davis" else write_ytvos
     t0 = time.perf_counter()
-    ids = write(a.out, num_videos=a.videos, num_frames=a.frames, height=a.height, width=a.width,
+    ids = write(a.out, num_videos=a.videos, num_frames=a.frames, height=a.height, width=width,
                 max_objects=a.objects, seed=a.seed, num_val=a.val)
     print(f"wrote {len(ids)} {a.layout} videos x {a.frames} frames to {a.out} in {time.perf_counter() - t0:.1f} s")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main, prog="python -m shards.synth"))

@@ -129,3 +129,40 @@ def pack_serially(src: Path, out: Path, layout: str, split: str, shard_size: int
     for name, videos in plan_shards(list_videos(str(src), layout, split), shard_size, f"{layout}-{split}"):
         rows += write_shard(pafs.LocalFileSystem(), str(out), name, videos, layout, split, None, "test")
     pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), out / INDEX)
+
+
+S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@contextlib.contextmanager
+def s3_server(**server_env: str) -> Iterator[str]:
+    """An S3 API server (moto's) on 127.0.0.1 and a free port, with the AWS_* settings of every client that
+    this process and its children start pointed at it; yields its endpoint URL."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # a line per request otherwise
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {**S3_ENV, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", **server_env}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield env["AWS_ENDPOINT_URL"]
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def make_bucket(name: str) -> str:
+    """A new bucket on the S3 server the environment points at; returns `s3://<name>`."""
+    import boto3
+
+    boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"]).create_bucket(Bucket=name)
+    return f"s3://{name}"

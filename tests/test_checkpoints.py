@@ -15,14 +15,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from ray.train import Checkpoint
 
 from conftest import pack_serially
 from raytrain.cli.checks import check_resume
 from raytrain.cli.train import main
 from raytrain.config import SMTCConfig, config_changes, parse, to_dict
-from raytrain.runtime import (MANIFEST, STATE_FILE, CheckpointError, checkpoint_folders, load_checkpoint_state,
-                              newest_intact, resume_state, write_checkpoint)
+from raytrain.checkpoints import (MANIFEST, STATE_FILE, CheckpointError, checkpoint_folders, find_checkpoint,
+                                  load_checkpoint_state, newest_manifest, newest_state, write_checkpoint)
 from shards.errors import UsageError
 from shards.synth import write_ytvos
 
@@ -50,14 +49,39 @@ def test_manifest_is_verified_and_the_newest_intact_checkpoint_is_found(tmp_path
         load_checkpoint_state(newest)
     with pytest.raises(CheckpointError, match=rf"{middle.name}: state.pt does not match the SHA-256"):
         load_checkpoint_state(middle)
-    found, manifest, skipped = newest_intact([newest, middle, oldest])
-    assert found == oldest and manifest["step"] == 2 and len(skipped) == 2
-    assert newest.name in skipped[0] and middle.name in skipped[1]
-
-    # What a resuming worker does with Train's latest checkpoint (here on the local filesystem).
     warnings: list[str] = []
-    state, where = resume_state(Checkpoint(str(newest)), warnings.append)
-    assert state["step"] == 2 and where == str(oldest) and len(warnings) == 2
+    where, state = newest_state(str(tmp_path / "run"), warnings.append)
+    assert where == str(oldest) and state["step"] == 2 and len(warnings) == 2
+    assert newest.name in warnings[0] and middle.name in warnings[1]
+    # The driver's check reads manifests only: it sees the cut-short one, not the hash mismatch.
+    where, manifest = newest_manifest(str(tmp_path / "run"))
+    assert where == str(middle) and manifest["step"] == 4
+
+
+def test_a_folder_without_a_manifest_is_read_whole_and_foreign_ones_are_skipped(tmp_path):
+    newest, middle, oldest = _run(tmp_path / "run", (2, 4, 6), SMTCConfig())
+    for folder in (newest, middle):
+        (folder / MANIFEST).unlink()
+    torch.save({"weights": torch.zeros(3)}, newest / STATE_FILE)  # a foreign state.pt, no manifest
+    raw = bytearray((middle / STATE_FILE).read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # damaged inside the tensor data: only the zip's CRC can tell
+    (middle / STATE_FILE).write_bytes(bytes(raw))
+    warnings: list[str] = []
+    for find in (newest_state, newest_manifest):
+        warnings.clear()
+        where, _ = find(str(tmp_path / "run"), warnings.append)
+        assert where == str(oldest)
+        assert "not a raytrain training checkpoint" in warnings[0] and newest.name in warnings[0]
+        assert "damaged" in warnings[1] and middle.name in warnings[1]
+    lines: list[str] = []
+    where, state = find_checkpoint(str(tmp_path / "run"), "--checkpoint", lines.append)
+    assert where == str(oldest) and state["step"] == 2 and len(lines) == 2
+    with pytest.raises(CheckpointError, match="damaged"):
+        find_checkpoint(str(middle / STATE_FILE), "--checkpoint")
+    for folder in (oldest,):
+        (folder / STATE_FILE).write_bytes(b"")
+    with pytest.raises(CheckpointError, match="none of its 3 checkpoints is intact"):
+        newest_state(str(tmp_path / "run"))
 
 
 def test_a_checkpoint_without_a_manifest_is_still_read_and_a_foreign_file_is_named(tmp_path):
@@ -114,7 +138,7 @@ def test_a_damaged_newest_checkpoint_is_skipped_on_resubmission(ray_local, tmp_p
     out = capsys.readouterr().out
     assert f"skipped checkpoint {half}" in out and f"skipped checkpoint {newest}" in out
     assert f"from {folders[1].name} (step 4)" in out
-    resumed, _, skipped = newest_intact(checkpoint_folders(run))
-    state = load_checkpoint_state(resumed)
+    skipped: list[str] = []
+    _, state = newest_state(str(run), skipped.append)
     assert state["step"] == 6 and state["starts"] == [0, 4]  # trained steps 5 and 6 again, from step 4
     assert half.name in skipped[0]  # never taken for an intact one; left for the user to delete

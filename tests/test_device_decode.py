@@ -4,7 +4,7 @@ batches the data tasks ship, corrupt clips, the one-batch-ahead prefetch, and ST
 Measured here (synthetic DAVIS frames, quality 90), device "cpu" against `decode.smtc_frame`:
 - where the CPU path decodes at full scale (480p sources at 256², or sources at the training size): identical;
 - where it decodes at 1/2 scale (720p at 256², 64 px at 32²): max |Δ| 29 and 26 grey levels, mean 0.88 and
-  1.68, 99th percentile 5 and 13 — the reduced-scale decode, not the decoder (the README's deviation note).
+  1.68, 99th percentile 5 and 13 — the reduced-scale decode, not the decoder (docs/faithfulness.md, "Frame decoding").
 On CUDA, nvJPEG and the float resize add their own differences (tests/test_gpu.py states the bound).
 """
 from __future__ import annotations

@@ -26,7 +26,7 @@ from conftest import private_cluster
 from raytrain.config import parse
 from raytrain.config import SMTCConfig
 from raytrain.config import SMTCSweepConfig
-from raytrain.runtime import load_checkpoint_state
+from raytrain.checkpoints import load_checkpoint_state
 from raytrain.train.loop import FAILURE_ENV, make_trainer
 from raytrain.tune import run_sweep
 from shards.pack import pack

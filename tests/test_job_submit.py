@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from raytrain.runtime import load_checkpoint_state
+from raytrain.checkpoints import load_checkpoint_state
 from shards.synth import write_ytvos
 
 pytestmark = pytest.mark.slow

@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Lowest first. A module belongs to the layer of the longest prefix that names it.
 LAYERS = [
     ("shards",),
-    ("raytrain.config", "raytrain.runtime", "raytrain.augment", "raytrain.matching"),
+    ("raytrain.config", "raytrain.runtime", "raytrain.checkpoints", "raytrain.augment", "raytrain.matching"),
     ("raytrain.models", "raytrain.losses", "raytrain.data"),
     ("raytrain.train",),
     ("raytrain.eval",),
@@ -18,7 +18,8 @@ LAYERS = [
     ("raytrain.cli",),
 ]
 NO_RAY = ("raytrain.models", "raytrain.losses", "raytrain.train.task", "raytrain.train.smtc_task",
-          "raytrain.train.stmae_task", "raytrain.augment", "raytrain.matching", "raytrain.config")
+          "raytrain.train.stmae_task", "raytrain.augment", "raytrain.matching", "raytrain.config",
+          "raytrain.checkpoints")
 
 
 def _layer(module: str) -> int | None:

@@ -17,7 +17,7 @@ import torch
 from conftest import pack_synthetic
 from raytrain.cli.checks import check_resume
 from raytrain.config import SMTCConfig, STMAEConfig
-from raytrain.runtime import CKPT_PREFIX, STATE_FILE, load_checkpoint_state, remove_stale_checkpoint_folders
+from raytrain.checkpoints import CKPT_PREFIX, STATE_FILE, load_checkpoint_state, remove_stale_checkpoint_folders
 from raytrain.train.loop import CLIP_LOG_ENV, FAILURE_ENV, fit
 from shards.errors import UsageError
 

@@ -18,7 +18,7 @@ from PIL import Image
 
 from conftest import private_cluster
 from raytrain.config import SMTCConfig, SMTCSweepConfig, STMAEConfig, STMAESweepConfig, from_dict, parse
-from raytrain.runtime import load_checkpoint_state
+from raytrain.checkpoints import load_checkpoint_state
 from raytrain.tune import (check, format_table, max_concurrent, plot_png, run_sweep, search_space, table_csv,
                            trial_config, trial_name)
 from shards.pack import pack

@@ -5,25 +5,28 @@ trained with compatible flags. Each failure is a UserError naming the flag or fi
 """
 from __future__ import annotations
 
+import os
 import warnings
-from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
 import torch
 
+from raytrain.checkpoints import CheckpointError, load_checkpoint, newest_manifest
 from raytrain.config import check_flags, config_changes
 from raytrain.data import plan
-from raytrain.data.sources import load_source
+from raytrain.data.sources import load_source, parse_data
 from raytrain.models.resnet_weights import load_resnet
 from raytrain.models.smtc import INSTANCE_MASKS
 from raytrain.models.stmae import SIMILARITIES, STMAE
 from raytrain.models.vit import vit_small
 from raytrain.models.weights import load_vit_weights
-from raytrain.runtime import (CheckpointError, checkpoint_folders, cluster_address, load_checkpoint_state, run_dir,
-                              verify_checkpoint)
+from raytrain.runtime import run_dir, run_location
 from raytrain.train.loop import stream_config, stream_mismatch
-from shards.errors import UsageError, UserError, naming
-from shards.layout import list_videos
+from shards.cluster import cluster_address
+from shards.errors import UsageError, UserError, naming, storage_problem
+from shards.layout import list_videos, resolve
+from shards.paths import local_path, output_entries, refuse_overlap
 
 
 def check_data(job: str, cfg: Any) -> None:
@@ -38,6 +41,9 @@ def check_data(job: str, cfg: Any) -> None:
             videos = sum(len(source.videos[s]) for s in shards)
             raise UserError(f"--data {root}: none of its {videos} videos can give a {cfg.num_frames}-frame "
                             f"{job} clip (a video needs {need}; see --num_frames)")
+    too_big = plan.round_problem(source, scfg)
+    if too_big:
+        raise UsageError(f"--data: {too_big}")
 
 
 def check_val_data(cfg: Any) -> None:
@@ -74,37 +80,99 @@ def check_weights(job: str, cfg: Any) -> None:
 
 def check_resume(job: str, cfg: Any) -> None:
     """A run folder that holds checkpoints is resumed: its newest intact checkpoint must come from the same job
-    and, unless --allow_config_change, from the same flags (those that change what is trained)."""
-    storage, name = run_dir(cfg, job)
-    if "://" in storage:
-        return  # read by the workers when they resume; checking here would download the checkpoint
-    run = Path(storage) / name
-    folders = checkpoint_folders(run)
-    if not folders:
+    and, unless --allow_config_change, from the same flags (those that change what is trained). On any
+    storage, from the checkpoint's manifest (small), not its state."""
+    run = run_location(cfg, job)
+    try:
+        found = newest_manifest(run, lambda why: print(why, flush=True))
+    except CheckpointError as e:
+        raise CheckpointError(f"{e}; move the folder away or choose another --name") from None
+    if found is None:
         return
-    for newest in folders:
-        try:  # the manifest, or for a checkpoint from before manifests the state itself
-            saved = verify_checkpoint(newest) or load_checkpoint_state(newest)
-            break
-        except CheckpointError as e:
-            print(f"skipped {e}", flush=True)
-    else:
-        raise CheckpointError(f"run {run}: none of its {len(folders)} checkpoints is intact; move the folder "
-                              f"away or choose another --name")
+    newest, saved = found
+    name = newest.rstrip("/").rsplit("/", 1)[-1]
     if saved.get("job") != job:
-        raise UserError(f"--name {name}: {run} holds a {saved.get('job')!r} run, not {job!r}")
+        raise UserError(f"--name {run_dir(cfg, job)[1]}: {run} holds a {saved.get('job')!r} run, not {job!r}")
     changes = config_changes({**saved.get("config", {}), **({} if cfg.data else {"data": cfg.data})}, cfg)
     if not changes and "sampler" not in saved:  # a manifest written before it recorded the clip stream
-        saved = load_checkpoint_state(newest)
+        saved = load_checkpoint(newest)
     why = stream_mismatch(saved.get("sampler"), cfg) if not changes else None
     if why:
         changes = [f"the clip stream ({why})"]
     if changes and not cfg.allow_config_change:
-        raise UsageError(f"run {run} resumes from {newest.name} (step {saved.get('step')}), trained with other "
+        raise UsageError(f"run {run} resumes from {name} (step {saved.get('step')}), trained with other "
                          f"flags: {', '.join(changes)}. Give the same flags, another --name, or "
                          f"--allow_config_change")
-    print(f"resuming {run} from {newest.name} (step {saved.get('step')})"
+    print(f"resuming {run} from {name} (step {saved.get('step')})"
           + (f", with changed flags: {', '.join(changes)}" if changes else ""), flush=True)
+
+
+def check_storage(flag: str, location: str) -> None:
+    """A URI's bucket exists and answers with these credentials (a local folder is left to Train, which makes
+    it). One line naming the flag, found before Ray starts."""
+    if "://" not in location:
+        return
+    fs, path = resolve(location)
+    bucket = path.split("/", 1)[0]
+    try:
+        if fs.get_file_info(bucket).type != pafs.FileType.Directory:
+            raise UserError(f"{flag} {location}: the bucket {bucket} does not exist")
+        fs.get_file_info(path)
+    except OSError as e:
+        raise UserError(f"{flag} {location}: {storage_problem(e)}") from None
+
+
+def check_run_folder(job: str, cfg: Any) -> None:
+    """A local --storage_path is a folder (or can be made: no file on its way) that can be written, and the run
+    folder keeps clear of what the run reads (--data, --val_data). A URI's bucket: `check_storage`."""
+    storage = run_dir(cfg, job)[0]
+    local = local_path(storage)
+    if local is not None:
+        output_entries("--storage_path", local)  # a file, or under one
+        parent = os.path.abspath(local)
+        while not os.path.exists(parent) and os.path.dirname(parent) != parent:
+            parent = os.path.dirname(parent)
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise UserError(f"--storage_path {storage}: cannot write there ({parent} is not writable)")
+    run = run_location(cfg, job)
+    refuse_overlap("--storage_path/--name", run,
+                   [("--data", path) for path in _data_folders(cfg)] + [("--val_data", cfg.val_data)])
+
+
+def _data_folders(cfg: Any) -> list[str]:
+    try:
+        return [path for path, _ in parse_data(cfg.data)] if cfg.data else []
+    except UserError:
+        return []  # malformed: check_data says how
+
+
+def check_steps(job: str, cfg: Any) -> None:
+    """A resumed run must have steps left: --steps below the step of its newest checkpoint is refused (it would
+    stop at once and report the checkpoint's step "of" the smaller --steps)."""
+    found = newest_manifest(run_location(cfg, job))
+    if found is None:
+        return
+    step = found[1].get("step")
+    if isinstance(step, int) and cfg.steps < step:
+        raise UsageError(f"--steps {cfg.steps}: run {run_location(cfg, job)} is already at step {step} (its newest "
+                         f"checkpoint); give --steps {step} or more to go on, or another --name for a new run")
+
+
+def check_private_workers(cfg: Any) -> None:
+    """A private Ray (no cluster to join) gets more logical CPUs than the machine has, for the data tasks: the
+    worker group itself must fit the machine's CPUs, or Train starts more workers (a process and a model
+    each) than it can run, until memory runs out."""
+    if cluster_address() is not None:
+        return
+    cpus = os.cpu_count() or 1
+    need = cfg.num_workers * cfg.cpus_per_worker
+    if need <= cpus:
+        return
+    fix = (f"--num_workers {int(cpus // cfg.cpus_per_worker)} or fewer" if cfg.cpus_per_worker <= cpus else
+           f"--cpus_per_worker {cpus} or less")
+    raise UsageError(f"--num_workers {cfg.num_workers} x --cpus_per_worker {cfg.cpus_per_worker:g} needs {need:g} "
+                     f"CPU, and this machine has {cpus}; without a cluster to join (RAY_ADDRESS or `ray start`) "
+                     f"the workers run here: give {fix}")
 
 
 def check_training(job: str, cfg: Any, resume: bool = True) -> None:
@@ -117,6 +185,9 @@ def check_training(job: str, cfg: Any, resume: bool = True) -> None:
     if cfg.use_gpu and cluster_address() is None and not torch.cuda.is_available():
         raise UsageError("--use_gpu: this machine has no GPU that torch can use, and no Ray cluster to join "
                          "(RAY_ADDRESS or `ray start`)")
+    check_storage("--storage_path", run_dir(cfg, job)[0])
+    check_run_folder(job, cfg)
+    check_private_workers(cfg)
     if cfg.data:
         check_data(job, cfg)
     if cfg.val_data:
@@ -124,6 +195,7 @@ def check_training(job: str, cfg: Any, resume: bool = True) -> None:
     check_weights(job, cfg)
     if resume:
         check_resume(job, cfg)
+        check_steps(job, cfg)
 
 
 def check_resources(cfg: Any) -> None:

@@ -31,7 +31,7 @@ from raytrain.eval.video_io import VideoResult, partial_ground_truth
 from raytrain.eval.vos import DATASETS, VOSSettings, is_youtube, list_vos_videos, mask_folder, segment_video, write_submission
 from raytrain.models.smtc import INSTANCE_MASKS
 from raytrain.models.stmae import SIMILARITIES
-from raytrain.runtime import init_ray
+from shards.cluster import init_ray
 from shards.errors import UsageError, UserError, naming
 from shards.cache import synthetic_davis, synthetic_vos
 from shards.layout import list_videos
@@ -77,6 +77,12 @@ def _spec(cfg: Any, make: Callable[[Any], ModelSpec]) -> ModelSpec:
     return spec
 
 
+def _inputs(cfg: Any, data: str) -> list[tuple[str, str]]:
+    """What an evaluation reads, which its --out must keep clear of."""
+    return [("--data", data), ("--checkpoint", cfg.checkpoint), ("--dino_path", getattr(cfg, "dino_path", "")),
+            ("--imset", getattr(cfg, "imset", ""))]
+
+
 def _refuse_partial_ground_truth(data: str, videos: Sequence) -> None:
     partial = partial_ground_truth(videos)
     if partial:
@@ -100,7 +106,7 @@ def main_smtc(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if discovery and videos and not any(v.annotations for v in videos):
         print(f"{data} has no Annotations_unsupervised/480p (a separate DAVIS download): proposals are written "
               "but not scored", flush=True)
-    out = output_folder(cfg.out, f"eval/smtc-{cfg.task}")
+    out = output_folder(cfg.out, f"eval/smtc-{cfg.task}", _inputs(cfg, data))
     if discovery:
         settings = DiscoverySettings(mode=cfg.mode, size=(cfg.height, cfg.width), window=cfg.window,
                                      iters=cfg.iters, seed=cfg.seed, max_proposals=cfg.max_proposals)
@@ -134,7 +140,7 @@ def main_stmae(argv: Sequence[str] | None = None) -> dict[str, Any]:
     items = items[:cfg.videos] if cfg.videos > 0 else items
     if not is_youtube(cfg.dataset):  # YouTube-VOS valid is annotated where objects appear, and not scored here
         _refuse_partial_ground_truth(data, [item.video for item in items])
-    out = output_folder(cfg.out, f"eval/stmae-{cfg.dataset}")
+    out = output_folder(cfg.out, f"eval/stmae-{cfg.dataset}", _inputs(cfg, data))
     settings = VOSSettings(mem_every=cfg.mem_every, top_k=cfg.top_k, size=cfg.size, amp=cfg.amp,
                            max_mem_frames=cfg.max_mem_frames)
     youtube = is_youtube(cfg.dataset)

@@ -15,9 +15,9 @@ import os
 import time
 from typing import Sequence
 
-from raytrain.config import ScoreConfig, parse
+from raytrain.config import ScoreConfig, check_flags, parse
 from raytrain.eval import davis
-from raytrain.eval.score import plan, protocol, score_jobs, summary_table, write_results
+from raytrain.eval.score import check_output, plan, protocol, score_jobs, summary_table, write_results
 from shards.errors import UsageError
 
 
@@ -27,7 +27,7 @@ def _workers(requested: int) -> int:
         raise UsageError(f"--num_workers must be 0 (automatic) or more, got {requested}")
     if requested == 1 or (requested == 0 and not os.environ.get("RAY_ADDRESS")):
         return 1
-    from raytrain.runtime import init_ray  # imports torch, which serial scoring does not need
+    from shards.cluster import init_ray
 
     init_ray()
     if requested:
@@ -43,7 +43,9 @@ def main(argv: Sequence[str] | None = None) -> davis.Report:
         raise UsageError("--davis is required: the DAVIS root that holds ImageSets/ and Annotations/480p")
     if not cfg.results:
         raise UsageError("--results is required: the folder of <sequence>/<frame>.png results to score")
+    check_flags(cfg)
     task = protocol(cfg.task)
+    check_output(cfg.davis, cfg.results, cfg.out)  # before any scoring: where the CSV files go
     sequences = [s.strip() for s in cfg.sequences.split(",") if s.strip()] or None
     jobs = plan(cfg.davis, cfg.results, task, cfg.set, sequences, cfg.max_proposals)
     workers = _workers(cfg.num_workers)

@@ -7,7 +7,7 @@ from typing import Sequence
 from raytrain.cli.checks import check_data, check_resources, check_training
 from raytrain.cli.train import SYNTHETIC
 from raytrain.config import SMALL_SWEEP, SWEEP_CONFIGS, given_fields, with_small
-from raytrain.runtime import init_ray
+from shards.cluster import init_ray
 from raytrain.tune import check, run_sweep, trial_configs
 from shards.cache import synthetic_shards, synthetic_val
 

@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Any, Sequence
 
 from raytrain.cli.checks import check_resources, check_training
 from raytrain.config import SMALL_TRAIN, TRAIN_CONFIGS, given_fields, with_small
 from raytrain.eval.validate import validate
-from raytrain.runtime import init_ray, load_checkpoint_state, run_dir
-from raytrain.train.loop import fit
+from raytrain.checkpoints import CheckpointError, load_checkpoint, read_manifest, storage_uri
+from raytrain.runtime import run_dir, run_location
+from shards.cluster import init_ray
+from raytrain.train.loop import fit, tensorboard_dir
 from shards.cache import synthetic_shards, synthetic_videos
 
 # SMTC trains on unlabelled YouTube-VOS train frames, STMAE on DAVIS-17 train (first-frame masks only).
@@ -31,6 +32,17 @@ def summary(curve: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def last_state(where: str) -> dict[str, Any]:
+    """The step and curve of the run's last checkpoint, from its manifest (small, on any storage); from the
+    state itself for a checkpoint whose manifest predates the curve."""
+    try:
+        manifest = read_manifest(where)
+        return manifest if manifest and "curve" in manifest else load_checkpoint(where)
+    except CheckpointError as e:
+        print(f"note: {e}", flush=True)  # the run itself finished; its summary cannot be read
+        return {}
+
+
 def main(job: str, argv: Sequence[str] | None = None) -> None:
     """`python jobs/train_<job>.py [flags]`: train on Ray Train and print where the results are."""
     cls = TRAIN_CONFIGS[job]
@@ -46,12 +58,14 @@ def main(job: str, argv: Sequence[str] | None = None) -> None:
             cfg = dataclasses.replace(cfg, val_data=synthetic_videos("davis", cfg.seed))
     result = fit(job, cfg, validate=validate)
     storage, name = run_dir(cfg, job)
-    ckpt = result.checkpoint
-    state = load_checkpoint_state(ckpt.path) if ckpt and "://" not in ckpt.path else {}
+    where = storage_uri(result.checkpoint.filesystem, result.checkpoint.path) if result.checkpoint else None
+    state = last_state(where) if where else {}
     print(f"\nfinished {name} at step {state.get('step', '?')} of {cfg.steps}")
     for line in summary(state.get("curve", [])):
         print(line)
     if cfg.val_data:
         print(f"         (J&F on the first {cfg.val_videos} val videos of {cfg.val_data})")
-    print(f"checkpoint: {ckpt.path if ckpt else None}")
-    print(f"logs:       {result.path}  (TensorBoard: tensorboard --logdir {Path(storage) / name / 'tensorboard'})")
+    print(f"checkpoint: {where}")
+    where_tb = tensorboard_dir(run_location(cfg, job))
+    print(f"logs:       {storage_uri(result.filesystem, result.path)}  (TensorBoard: tensorboard --logdir {where_tb}"
+          + (", on the rank-0 node)" if "://" in storage else ")"))

@@ -11,14 +11,19 @@ One rank's stream is a Ray Dataset over its slices of the planned global batches
 With `--decode gpu` (SMTC) the tasks only read: they ship the JPEG bytes, and the training worker decodes and
 resizes each batch on its device (`raytrain.data.device_decode`).
 
+The data tasks of a rank run on its training worker's node (`DECODE_LOCALITY_ENV`), so its decoded blocks do not
+cross nodes; Ray Data's default would spread them over the cluster.
+
 A corrupt JPEG/PNG drops its clip, a truncated or unreadable shard drops what could not be read; both are
 logged by name and counted in a `DataHealth` actor, and the run goes on.
 """
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import math
+import os
 from dataclasses import asdict
 from typing import Any, Iterable, Iterator
 
@@ -34,6 +39,19 @@ from shards.layout import resolve
 
 log = logging.getLogger("raytrain.data")
 BLOCK_BYTES = 32 << 20  # least decoded bytes per output block: larger blocks cost the driver less per clip
+# Overrides BLOCK_BYTES, read on the training worker: bench/cluster.py lowers it so that a small run has as many
+# data tasks per step as a full-size one.
+BLOCK_BYTES_ENV = "RAYTRAIN_BLOCK_BYTES"
+# Where a rank's data tasks run, read on the training worker (`decode_placement`): "node" (the default) on the
+# worker's own node only, waiting for a free CPU there; "prefer" on the worker's node while a CPU is free there,
+# else on any node (for clusters with CPU nodes for decoding); "spread": Ray Data's default, spread over the
+# cluster (the behaviour before, bench/cluster.py's baseline).
+DECODE_LOCALITY_ENV = "RAYTRAIN_DECODE_LOCALITY"
+LOCALITY_MODES = ("node", "prefer", "spread")
+NODE_LABEL = "ray.io/node-id"  # the label Ray gives every node: its id
+# The training loop's clip-log folder (`raytrain.train.loop.CLIP_LOG_ENV`): where it is set, every data task also
+# appends the node it ran on and its rank's node to `decode/rank<r>-pid<p>.jsonl` there (locality audits).
+AUDIT_ENV = "RAYTRAIN_CLIP_LOG"
 
 
 @ray.remote(num_cpus=0)
@@ -228,8 +246,9 @@ def clip_bytes(cfg: StreamConfig) -> int:
 
 def block_bytes(cfg: StreamConfig) -> int:
     """Ray Data's target block size for the stream: at least `BLOCK_BYTES` and three batches of decoded clips
-    (JPEG bytes, with `--decode gpu`: `BLOCK_BYTES`)."""
-    return BLOCK_BYTES if cfg.decode == "gpu" else max(BLOCK_BYTES, 3 * cfg.batch_size * clip_bytes(cfg))
+    (JPEG bytes, with `--decode gpu`: `BLOCK_BYTES`, or `BLOCK_BYTES_ENV` where set)."""
+    least = int(os.environ.get(BLOCK_BYTES_ENV) or BLOCK_BYTES)
+    return least if cfg.decode == "gpu" else max(least, 3 * cfg.batch_size * clip_bytes(cfg))
 
 
 def steps_per_item(src: ClipSource, cfg: StreamConfig) -> int:
@@ -243,8 +262,16 @@ def steps_per_item(src: ClipSource, cfg: StreamConfig) -> int:
     return max(1, math.ceil(1.1 * block_bytes(cfg) / (clip * cfg.batch_size)))
 
 
+def _audit(folder: str, scfg: StreamConfig, consumer: str | None, item: Item) -> None:
+    """One line of the locality audit: this data task's steps, the node it runs on and its rank's node."""
+    with open(os.path.join(folder, f"rank{scfg.rank}-pid{os.getpid()}.jsonl"), "a") as f:
+        f.write(json.dumps({"rank": scfg.rank, "step": item.step, "steps": item.steps, "consumer": consumer,
+                            "node": ray.get_runtime_context().get_node_id()}) + "\n")
+
+
 def load_clips(items: dict[str, np.ndarray], *, source: Any, cfg: dict[str, Any], block: int,
-               health: Any = None) -> Iterator[dict[str, np.ndarray]]:
+               health: Any = None, consumer: str | None = None, audit: str | None = None
+               ) -> Iterator[dict[str, np.ndarray]]:
     """Ray Data map_batches: data tasks -> their decoded clips, one output block at a time.
 
     Reading and decoding share one task, so the compressed bytes never pass through the object store. A task
@@ -252,7 +279,8 @@ def load_clips(items: dict[str, np.ndarray], *, source: Any, cfg: dict[str, Any]
     boundary and holds 1.1-1.43x Ray Data's target block size `block` (three batches or more, see
     `block_bytes`). Ray Data merges blocks under the target and slices those over 1.5x, so it keeps each
     chunk as one block, and a batch that lies in one block reaches the trainer without being copied.
-    With `--decode gpu` the chunks hold JPEG bytes (`encoded_clips`), cut by their sizes.
+    With `--decode gpu` the chunks hold JPEG bytes (`encoded_clips`), cut by their sizes. `consumer` (the
+    training worker's node) and `audit` (a folder) are for the locality audit (`AUDIT_ENV`).
     """
     src, scfg = _source(source), StreamConfig(**cfg)
     encoded = scfg.decode == "gpu"
@@ -260,6 +288,8 @@ def load_clips(items: dict[str, np.ndarray], *, source: Any, cfg: dict[str, Any]
     cut = 1.1 * block if encoded else 1.1 * block / clip_bytes(scfg)  # bytes, or decoded clips, per chunk
     for i in range(len(items["step"])):
         item = Item(int(items["step"][i]), int(items["steps"][i]))
+        if audit:
+            _audit(audit, scfg, consumer, item)
         chunk: list[dict[str, Any]] = []
         filled = 0
         for clip in read_item(src, scfg, item, health):
@@ -272,26 +302,64 @@ def load_clips(items: dict[str, np.ndarray], *, source: Any, cfg: dict[str, Any]
             yield finish(chunk, scfg, health)
 
 
+def node_preference(node: str | None, spill: bool = False) -> dict[str, Any]:
+    """map_batches arguments that run a task on `node` (None: anywhere, Ray Data's default); with `spill`, on
+    another node when `node` has no free CPU at the time (Ray tries the fallback, any node, then)."""
+    if not node:
+        return {}
+    return {"label_selector": {NODE_LABEL: node}, **({"fallback_strategy": [{"label_selector": {}}]} if spill else {})}
+
+
 def clip_dataset(source: ClipSource | Any, cfg: StreamConfig, items: list[Item], health: Any = None,
-                 decode_tasks: int = 0) -> ray.data.Dataset:
+                 decode_tasks: int = 0, node: str | None = None, spill: bool = False, audit: str | None = None
+                 ) -> ray.data.Dataset:
     """The clips of the planned data tasks `items`, as a lazy Ray Dataset in deterministic order.
 
     `source` is a ClipSource or an object ref to one (pass a ref when many tasks need it); `decode_tasks`
-    caps the concurrent shard-read tasks (0: as many as there are free CPUs).
+    caps the concurrent shard-read tasks (0: as many as there are free CPUs); `node` is where they run, and
+    `spill` lets them run elsewhere while it has no free CPU (`node_preference`; no node: Ray Data's default,
+    spread over the cluster); `audit`: see `AUDIT_ENV`.
     """
     rows = [asdict(i) for i in items]
     block = block_bytes(cfg)
     ds = ray.data.from_items(rows, override_num_blocks=len(rows))
     compute = ray.data.TaskPoolStrategy(size=decode_tasks) if decode_tasks > 0 else None
     ds = ds.map_batches(load_clips, fn_kwargs={"source": source, "cfg": asdict(cfg), "block": block,
-                                               "health": health},
-                        batch_size=1, batch_format="numpy", compute=compute)
+                                               "health": health, "consumer": node, "audit": audit},
+                        batch_size=1, batch_format="numpy", compute=compute, **node_preference(node, spill))
     ds.context.execution_options.preserve_order = True
     ds.context.enable_progress_bars = False  # one stream per training worker: bars would flood the job log
     # One block per yielded chunk (see `load_clips`), so batches reach the trainer while a shard is still
     # being decoded.
     ds.context.target_max_block_size = block
     return ds
+
+
+def decode_placement() -> tuple[str | None, bool, str | None]:
+    """(node, spill, audit folder) for the data tasks of a stream read in this process (`clip_dataset`).
+
+    `DECODE_LOCALITY_ENV` decides: "node" (the default) keeps them on this process's node, "prefer" spills
+    them to other nodes while it has no free CPU, "spread" leaves them to Ray Data (node None; also when Ray
+    is not running). A node that has no CPU beyond this process's own cannot run them: "node" becomes "prefer"
+    there, with a warning. The audit folder is `AUDIT_ENV`'s, if set.
+    """
+    mode = os.environ.get(DECODE_LOCALITY_ENV) or "node"
+    if mode not in LOCALITY_MODES:
+        raise UserError(f"{DECODE_LOCALITY_ENV}={mode}: must be one of {', '.join(LOCALITY_MODES)}")
+    node = ray.get_runtime_context().get_node_id() if mode != "spread" and ray.is_initialized() else None
+    spill = mode == "prefer"
+    if node and not spill:
+        held = ray.get_runtime_context().get_assigned_resources().get("CPU", 0.0)
+        total = next((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n["NodeID"] == node), 0.0)
+        if total - held < 1:
+            log.warning("data: this node has no CPU for data tasks beyond the %g this worker holds: they run on "
+                        "other nodes while it has none free (%s=prefer)", held, DECODE_LOCALITY_ENV)
+            spill = True
+    audit = os.environ.get(AUDIT_ENV) or None
+    if audit:
+        audit = os.path.join(audit, "decode")
+        os.makedirs(audit, exist_ok=True)
+    return node, spill, audit
 
 
 def clip_batches(source: ClipSource | Any, cfg: StreamConfig, start_step: int = 0, health: Any = None,
@@ -308,6 +376,8 @@ def clip_batches(source: ClipSource | Any, cfg: StreamConfig, start_step: int = 
     dry early, the stream goes on with the steps planned after it. Once a whole round of the plan has given
     no clip since the last batch the stream yielded, it stops with a UserError naming the data and the skips.
 
+    Its data tasks run on this process's node (`decode_placement`).
+
     With `cfg.decode == "gpu"` (SMTC) the stream carries JPEG bytes and `device_decode` decodes each batch on
     `device`, one batch ahead; "frames" is then contiguous, and a clip that fails to decode there is dropped
     from its batch.
@@ -318,8 +388,10 @@ def clip_batches(source: ClipSource | Any, cfg: StreamConfig, start_step: int = 
     round_steps = math.ceil(stream.round_length / cfg.global_batch) + 1
     step, count = start_step, max(cfg.steps - start_step, 1) * 11 // 10 + 1
     dry = 0  # planned steps since the last batch the stream yielded
+    node, spill, audit = decode_placement()
     while True:
-        ds = clip_dataset(source, cfg, plan.plan_items(step, count, per_item), health, decode_tasks)
+        ds = clip_dataset(source, cfg, plan.plan_items(step, count, per_item), health, decode_tasks, node, spill,
+                          audit)
         tail = None  # the positions of the last batch this Dataset yielded
         if cfg.decode == "gpu":
             encoded = ds.iter_batches(batch_size=cfg.batch_size, drop_last=True, batch_format="numpy",

@@ -26,6 +26,9 @@ import pyarrow as pa
 from raytrain.data import sampling
 
 PLAN_VERSION = 2  # recorded in checkpoints; 1 was the per-rank shard striding of earlier versions
+# A round's clips are held as arrays, about 24 bytes a clip (a few rounds at once, and twice that while one is
+# drawn): the most a round may hold, about 100 MB. Far above a real mixture (STMAE's recipe: 3,764 a round).
+MAX_ROUND_CLIPS = 2**22
 
 
 @dataclass(frozen=True)
@@ -169,6 +172,27 @@ def clips_in_shard(source: ClipSource, shard: int, cfg: StreamConfig) -> int:
     return cfg.clips_per_video * sum(usable(v, cfg) for v in source.videos[shard])
 
 
+def round_clips(source: ClipSource, cfg: StreamConfig) -> list[int]:
+    """Clips each source adds to a round of the plan (its usable clips times its weight), counted, not built."""
+    out = [0] * len(source.roots)
+    for s, owner in enumerate(source.shard_source):
+        out[owner] += clips_in_shard(source, s, cfg) * source.weights[owner]
+    return out
+
+
+def round_problem(source: ClipSource, cfg: StreamConfig) -> str | None:
+    """Why a round of the plan would not fit in memory (more than MAX_ROUND_CLIPS clips), naming the source
+    that adds the most; None when it fits."""
+    per_source = round_clips(source, cfg)
+    if sum(per_source) <= MAX_ROUND_CLIPS:
+        return None
+    big = max(range(len(per_source)), key=per_source.__getitem__)
+    return (f"a round of the plan would hold {sum(per_source):,} clips, more than the {MAX_ROUND_CLIPS:,} it may "
+            f"(each is held in memory, about 24 bytes a clip); {source.roots[big]} with weight "
+            f"{source.weights[big]:,} adds {per_source[big]:,} (its usable videos x the weight x "
+            f"--clips_per_video {cfg.clips_per_video}): lower the weight")
+
+
 @dataclass(frozen=True)
 class Item:
     """One data task: this rank's slices of global batches [step, step + steps)."""
@@ -190,6 +214,9 @@ class Plan:
         self.source, self.cfg = source, cfg
         self.usable = [tuple(v for v in videos if usable(v, cfg)) for videos in source.videos]
         self.counts = np.array([len(u) * cfg.clips_per_video for u in self.usable], np.int64)
+        too_big = round_problem(source, cfg)
+        if too_big:  # refused on the driver before Ray starts (raytrain.cli.checks); here before the lists are built
+            raise ValueError(f"{source.root}: {too_big}")
         unit_shard, unit_rep = [], []
         for s in np.flatnonzero(self.counts):
             weight = source.weights[source.shard_source[s]]

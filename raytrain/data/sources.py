@@ -18,10 +18,11 @@ from raytrain.data.plan import ClipSource
 from shards.errors import UsageError, UserError, naming
 from shards.layout import resolve
 from shards.pack import PLAN, read_index
+from shards.paths import location
 
 
 def _weight(text: str, item: str) -> int:
-    if not text.isdigit() or int(text) < 1:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:  # "²".isdigit(), and int() refuses it
         raise UsageError(f"--data {item}: the weight after ':' must be a positive integer, got {text!r}")
     return int(text)
 
@@ -79,10 +80,15 @@ def parse_data(data: Sequence[str]) -> list[tuple[str, int]]:
             sources += _from_file(item)
         else:
             sources.append(_split(item))
-    seen = [p.rstrip("/") for p, _ in sources]
-    twice = sorted({p for p in seen if seen.count(p) > 1})
+    spellings: dict[str, list[str]] = {}  # one folder's spellings (`d`, `./d/`, `d//`, a link to it)
+    for path, _ in sources:
+        spellings.setdefault(location(path), []).append(path)
+    twice = [names for names in spellings.values() if len(names) > 1]
     if twice:
-        raise UsageError(f"--data names {twice[0]} more than once; give it once, with the sum of the weights")
+        names = list(dict.fromkeys(twice[0]))
+        raise UsageError(f"--data names {names[0].rstrip('/') or names[0]} more than once"
+                         + (f" (as {', '.join(names)})" if len(names) > 1 else "")
+                         + "; give it once, with the sum of the weights")
     if not sources:
         raise UsageError("--data: no shard folder given")
     return sources
@@ -98,6 +104,9 @@ def _layout(root: str) -> tuple[str | None, str | None]:
         plan = json.loads(_read_text(fs, path))
     except (OSError, ValueError) as e:
         raise UserError(f"{path}: unreadable ({e})") from None
+    if not isinstance(plan, dict):
+        raise UserError(f"{path}: not a pack plan (a JSON object with layout, split and shards; this one holds a "
+                        f"{type(plan).__name__}); re-run the pack into a new folder")
     return plan.get("layout"), plan.get("split")
 
 

@@ -37,6 +37,7 @@ import io
 import os
 import posixpath
 import tempfile
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath, PurePosixPath
@@ -44,7 +45,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import pyarrow.fs as pafs
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from scipy.optimize import linear_sum_assignment
 
 from raytrain.eval.metrics import Box, bound_pix, f_from_boundaries, frame_boxes, label_boundaries, statistics
@@ -90,9 +91,13 @@ class Report:
 
 
 def _decode_ids(data: bytes, where: str) -> np.ndarray:
-    with Image.open(io.BytesIO(data)) as image:
-        mode = image.mode
-        ids = np.array(image)
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            mode = image.mode
+            ids = np.array(image)
+    except (OSError, SyntaxError, ValueError, zlib.error, Image.DecompressionBombError) as e:  # PIL's many kinds
+        problem = "not an image file PIL can read" if isinstance(e, UnidentifiedImageError) else str(e)
+        raise UserError(f"{where}: cannot read the PNG ({problem})") from None
     if ids.ndim != 2:
         raise UserError(f"{where}: expected a single-channel (P or L mode) PNG of object ids, got mode {mode}")
     return ids
@@ -147,7 +152,8 @@ def read_gt(annotations: str | os.PathLike, sequence: str) -> tuple[np.ndarray, 
     if not paths:
         raise NotFound(f"{uri}: no ground-truth PNGs for sequence {sequence!r}")
     names = [posixpath.basename(p)[:-4] for p in paths]
-    frames = [_decode_ids(data, f"{uri}/{name}.png") for name, data in zip(names, _read_all(fs, paths))]
+    frames = [_decode_ids(data, f"sequence {sequence!r}, frame {name}: ground truth {uri}/{name}.png")
+              for name, data in zip(names, _read_all(fs, paths))]
     for name, m in zip(names, frames):
         if m.shape != frames[0].shape:
             raise UserError(f"{uri}/{name}.png: GT size {m.shape} differs from the sequence's first frame "

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import posixpath
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -16,12 +16,12 @@ import torch
 from pyarrow.fs import FileType, LocalFileSystem, copy_files
 from torch import Tensor, nn
 
+from raytrain.checkpoints import find_checkpoint
 from raytrain.config import EvalSMTCConfig, EvalSTMAEConfig
 from raytrain.models.smtc import SMTC
 from raytrain.models.stmae import STMAE, checkpoint_weights, from_weights
 from raytrain.models.vit import vit_small
 from raytrain.models.weights import load_smtc_weights, load_vit_weights, read_weights_file, vit_state_dict
-from raytrain.runtime import STATE_FILE, CheckpointError, checkpoint_folders, load_checkpoint_state, newest_intact
 from shards.errors import NotFound, UsageError, UserError
 from shards.layout import resolve
 
@@ -65,32 +65,24 @@ def build_model(spec: ModelSpec, device: torch.device | str) -> nn.Module:
     return model.to(device).eval()
 
 
-def _run_state(path: Path, job: str) -> dict[str, Any] | None:
-    """The state of a training-run checkpoint (folder or its state.pt), or of the newest intact checkpoint of a
-    run folder (naming the ones skipped); None for other files."""
-    if not (path.is_dir() or path.name == STATE_FILE):
+def _run_state(source: str, job: str) -> dict[str, Any] | None:
+    """The verified state of a training-run checkpoint (folder or its state.pt, on any storage), or of the newest
+    intact checkpoint of a run folder (naming the ones skipped); None for other files (weights files)."""
+    found = find_checkpoint(source, "--checkpoint", lambda why: print(why, flush=True))
+    if found is None:
         return None
-    if path.is_dir() and not (path / STATE_FILE).is_file():
-        folders = checkpoint_folders(path)
-        if not folders:
-            raise NotFound(f"--checkpoint {path}: a folder without {STATE_FILE} or checkpoint_* folders (not a "
-                           f"training checkpoint or run)")
-        newest, _, skipped = newest_intact(folders)
-        for reason in skipped:
-            print(f"skipped {reason}", flush=True)
-        if newest is None:
-            raise CheckpointError(f"--checkpoint {path}: no intact checkpoint in this run folder")
-        print(f"--checkpoint {path}: using its newest intact checkpoint, {newest.name}", flush=True)
-        path = newest
-    state = load_checkpoint_state(path)
+    where, state = found
+    if where != source:
+        print(f"--checkpoint {source}: using its newest intact checkpoint, {where.rstrip('/').rsplit('/', 1)[-1]}",
+              flush=True)
     if state.get("job") != job:
-        raise UserError(f"--checkpoint {path}: a {state.get('job')!r} training checkpoint, expected {job!r}")
+        raise UserError(f"--checkpoint {where}: a {state.get('job')!r} training checkpoint, expected {job!r}")
     return state
 
 
 @contextmanager
 def fetched(uri: str, flag: str) -> Iterator[Path]:
-    """A local path for a checkpoint: `uri` itself when local, else a temporary copy (file or folder)."""
+    """A local path for a weights file: `uri` itself when local, else a temporary copy."""
     if "://" not in uri:
         yield Path(uri)
         return
@@ -134,8 +126,9 @@ def smtc_spec(cfg: EvalSMTCConfig) -> ModelSpec:
     source = cfg.checkpoint or cfg.dino_path
     if not source:
         return ModelSpec(kind, None, "random weights", cfg.seed, arch)
-    with fetched(source, "--checkpoint" if cfg.checkpoint else "--dino_path") as path:
-        state = _run_state(path, "smtc") if cfg.checkpoint else None
+    state = _run_state(source, "smtc") if cfg.checkpoint else None
+    flag = "--checkpoint" if cfg.checkpoint else "--dino_path"
+    with fetched(source, flag) if state is None else nullcontext(Path(source)) as path:
         if state is not None:
             train = state["config"]
             # Run checkpoints written before `instance_mask` existed were trained with the softmax mask.
@@ -150,9 +143,12 @@ def stmae_spec(cfg: EvalSTMAEConfig) -> ModelSpec:
     """STMAE weights (released file, upstream training checkpoint, or a run checkpoint folder)."""
     if not cfg.checkpoint:
         return ModelSpec("stmae", None, "random weights", cfg.seed, {"similarity": cfg.similarity})
-    with fetched(cfg.checkpoint, "--checkpoint") as path:
-        state = _run_state(path, "stmae")
-        obj = state if state is not None else read_weights_file(path)
+    state = _run_state(cfg.checkpoint, "stmae")
+    if state is None:
+        with fetched(cfg.checkpoint, "--checkpoint") as path:
+            obj = read_weights_file(path)
+    else:
+        obj = state
     # Run checkpoints carry their similarity (those from before the flag were trained with "dot").
     sim = cfg.similarity if state is None else state["config"].get("similarity", "dot")
     model = from_weights(checkpoint_weights(obj, cfg.checkpoint), cfg.checkpoint, sim)

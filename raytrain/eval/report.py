@@ -17,7 +17,11 @@ from raytrain.eval.models import RANDOM_WARNING, ModelSpec
 from raytrain.eval.overlay import FORMATS, save_overlay
 from raytrain.eval.score import summary_table, write_results
 from raytrain.eval.video_io import VideoResult, decode_png, read_rgb
+from shards.errors import UserError
 from shards.layout import resolve
+from shards.paths import local_path, output_entries, prepare_local_folder, refuse_overlap
+
+MARKER = ".raytrain-eval"  # written first into an evaluation's output folder: it tells a rerun the folder is its own
 
 
 class MaskWriter:
@@ -79,10 +83,26 @@ def finish(cfg: EvalConfig, out: Path, spec: ModelSpec, items: Sequence, results
     return summary
 
 
-def output_folder(out: str, default: str) -> Path:
-    """The local folder results are written to: `out` (or `default`), or a staging folder when `out` is a URI."""
-    folder = Path(tempfile.mkdtemp(prefix="raytrain-eval-out-")) if "://" in out else Path(out or default)
-    folder.mkdir(parents=True, exist_ok=True)
+def output_folder(out: str, default: str, inputs: Sequence[tuple[str, str]] = ()) -> Path:
+    """The local folder results are written to: `out` (or `default`), or a staging folder when `out` is a URI.
+
+    Checked before anything is written (errors name --out): it must not be, lie inside or hold one of the
+    `inputs` ((flag, path) pairs: the data, the weights), must be a folder (or not exist yet) that can be
+    written, and must be empty or a folder an earlier evaluation wrote (its `MARKER` or summary.json): masks
+    are written as `<sequence>/<frame>.png`, the shape of a ground-truth folder, over any files of those names.
+    """
+    target = out or default
+    refuse_overlap("--out", target, inputs)
+    entries = output_entries("--out", target)
+    if entries and MARKER not in entries and "summary.json" not in entries:
+        raise UserError(f"--out {target}: holds files that no evaluation wrote ({', '.join(entries[:3])}"
+                        f"{', ...' if len(entries) > 3 else ''}); write into a new or empty folder, or the folder of "
+                        f"an earlier evaluation")
+    local = local_path(target)
+    if local is not None:  # a file:// URI too: found here, not at the upload
+        prepare_local_folder("--out", local)
+    folder = Path(tempfile.mkdtemp(prefix="raytrain-eval-out-")) if "://" in out else Path(target)
+    (folder / MARKER).write_text(json.dumps({"written_by": "raytrain evaluation"}) + "\n")
     return folder
 
 

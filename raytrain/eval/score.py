@@ -20,6 +20,7 @@ id above the first GT frame's object count (semi-supervised) or above `max_propo
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ import pyarrow.fs as pafs
 from raytrain.eval import davis
 from shards.errors import NotFound, UsageError, UserError
 from shards.layout import resolve
+from shards.paths import local_path, output_entries, prepare_local_folder, refuse_overlap, relation
 
 TASKS = {"semi": davis.SEMI, "semi-supervised": davis.SEMI, "unsup": davis.UNSUP, "unsupervised": davis.UNSUP}
 
@@ -52,6 +54,37 @@ class SequenceJob:
     task: str
     max_proposals: int = 20
     gt_bytes: int = 0  # size of its ground-truth PNGs: what the fan-out orders by
+
+
+CSV_FILE = re.compile(r"\.?(global|per-sequence)_results-.+\.csv(\..+\.tmp)?")  # what `write_csv` writes
+
+
+def check_output(davis_root: str, results: str, out: str = "") -> None:
+    """Where the CSV files go, checked before any scoring. `out` (default: the results folder, as the official
+    toolkit) must not be, lie inside or hold the DAVIS root, nor lie inside or hold the results folder. An `out`
+    other than the results folder must be new, empty, or hold only this scorer's CSV files; a local one is made
+    here and must take a file."""
+    if not out:
+        how = relation(results, davis_root)
+        if how is not None:
+            raise UsageError(f"--results {results}: without --out the CSV files go there, and it "
+                             f"{'is' if how == 'same' else 'lies inside' if how == 'inside' else 'holds'} --davis "
+                             f"{davis_root}, which is never written to: give --out outside it")
+        local = local_path(results)
+        if local is not None and os.path.isdir(local):
+            prepare_local_folder("--results (where the CSV files go without --out)", local)
+        return
+    refuse_overlap("--out", out, [("--davis", davis_root), ("--results", results)], allow_same=("--results",))
+    if relation(out, results) == "same":
+        return
+    foreign = [e for e in output_entries("--out", out) if not CSV_FILE.fullmatch(e)]
+    if foreign:
+        raise UserError(f"--out {out}: holds files that are not this scorer's CSV files ({', '.join(foreign[:3])}"
+                        f"{', ...' if len(foreign) > 3 else ''}); give a new or empty folder, or the --results "
+                        f"folder")
+    local = local_path(out)
+    if local is not None:
+        prepare_local_folder("--out", local)
 
 
 def score_sequence(job: SequenceJob) -> davis.SequenceScores:

@@ -22,7 +22,7 @@ Option (not upstream): `similarity="l2"` is STCN's negative squared Euclidean di
 plain dot product is the default and what released weights were trained with. It relies on pretrained keys:
 from random weights (no ImageNet weights can be had here) the memory entry with the largest norm wins
 every query, so matching a frame to frame 0 by nearest key gave a mask IoU of 0.03 on the benchmark's
-synthetic val videos, against 0.16 with "l2" (README, "Shown to learn").
+synthetic val videos, against 0.16 with "l2" (docs/results.md, "Shown to learn").
 
 Deviations from upstream:
 - The dot-product similarity, its softmax and the mask readout are computed in fp32 even under autocast

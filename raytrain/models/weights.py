@@ -18,7 +18,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
-from raytrain.runtime import torch_load_problem
+from raytrain.checkpoints import torch_load_problem
 from shards.errors import NotFound, UserError
 
 _STRIP = ("module.", "backbone.")

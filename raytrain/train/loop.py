@@ -27,8 +27,9 @@ from raytrain.config import TRAIN_CONFIGS, RunConfig, from_dict, global_batch, t
 from raytrain.data.pipeline import DataHealth, clip_batches
 from raytrain.data.plan import PLAN_VERSION, StreamConfig
 from raytrain.data.sources import load_source
-from raytrain.runtime import (CheckpointError, remove_stale_checkpoint_folders, resume_state, run_dir,
-                              write_checkpoint)
+from raytrain.checkpoints import (CheckpointError, load_checkpoint, newest_state, remove_stale_checkpoint_folders,
+                                  write_checkpoint)
+from raytrain.runtime import run_dir, run_location
 from raytrain.train.smtc_task import SMTCTask
 from raytrain.train.stmae_task import STMAETask
 
@@ -36,6 +37,9 @@ log = logging.getLogger("raytrain.train")
 
 TASKS: dict[str, type] = {"smtc": SMTCTask, "stmae": STMAETask}
 FAILURE_ENV = "RAYTRAIN_INJECT_FAILURE"  # "step:rank:marker" — kill that worker once (fault-tolerance tests)
+# Where S3-compatible storage is (MinIO, a loopback test server): passed to the workers, which read shards and
+# checkpoints. Credentials are not passed: nodes get them from their own environment or instance role.
+S3_SETTINGS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
 CLIP_LOG_ENV = "RAYTRAIN_CLIP_LOG"  # a folder: each rank appends the clips of every batch it trains on (audits)
 # In-training validation: validate(job, task, cfg) -> {"val_jf": ..., ...}, run on rank 0 at every checkpoint.
 Validate = Callable[[str, Any, Any], dict[str, float]]
@@ -70,6 +74,23 @@ def stream_mismatch(saved: dict[str, Any] | None, cfg: Any) -> str | None:
         if saved.get(key) != now:
             return f"its {key} is {saved.get(key)}, now {now}"
     return None
+
+
+def resume_point(run: str, rank: int) -> tuple[str, dict[str, Any]] | None:
+    """(location, state) of the newest intact checkpoint in the run folder on storage, the same on every rank;
+    None for a fresh run.
+
+    Storage, not `ray.train.get_checkpoint()`, decides: Train may hand a restarted group no checkpoint, or an
+    older one, when a worker dies right after a report (seen: a restart from step 0 with the step-4 checkpoint
+    persisted). Rank 0 picks the checkpoint (naming those it skipped) and the others load the same one.
+    """
+    found = newest_state(run, log.warning) if rank == 0 else None
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        where = [found[0] if found else None]
+        dist.broadcast_object_list(where, src=0)
+        if rank != 0 and where[0] is not None:
+            found = where[0], load_checkpoint(where[0])
+    return found
 
 
 def _log_clips(step: int, rank: int, world: int, batch: dict[str, Any]) -> None:
@@ -165,9 +186,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     task = TASKS[job](cfg, device)
 
     step, starts, curve = 0, [], []  # curve: the loss and validation metrics at every report (rank 0)
-    ckpt = ray.train.get_checkpoint()
-    if ckpt:  # the newest intact checkpoint: a damaged or half-copied one is skipped, and named
-        state, where = resume_state(ckpt, log.warning if rank == 0 else None)
+    found = resume_point(config["run"], rank)
+    if found is not None:
+        where, state = found
         try:
             task.load_state_dict(state["task"])
         except (RuntimeError, KeyError, ValueError) as e:  # e.g. --allow_config_change with another shape
@@ -253,24 +274,43 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         writer.close()
 
 
+def tensorboard_dir(run: str) -> str:
+    """Where TensorBoard's local files go: the run folder's `tensorboard/` where it is local, else on the rank-0
+    node under `~/ray_results/<scheme>/<bucket>/<path>/<name>/tensorboard` (one folder per run and trial)."""
+    if "://" not in run:
+        return os.path.join(run, "tensorboard")
+    return str(Path("~/ray_results").expanduser().joinpath(*run.replace("://", "/").split("/"), "tensorboard"))
+
+
 def make_trainer(job: str, cfg: RunConfig, callbacks: list | None = None,
                  validate: Validate | None = None) -> TorchTrainer:
     """The TorchTrainer of a training job (DDP over `cfg.num_workers` workers, or elastic down to
     `cfg.min_workers`); `validate` scores the model on `cfg.val_data` at every checkpoint. The sources of
     `cfg.data` are read here, once, and shared with the workers through the object store."""
     storage, name = run_dir(cfg, job)
-    local = "://" not in storage
-    tb_dir = os.path.join(storage, name, "tensorboard") if local else str(
-        Path("~/ray_results").expanduser() / name / "tensorboard")
+    run = run_location(cfg, job)
+    tb_dir = tensorboard_dir(run)
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}
-    env = {k: os.environ[k] for k in (FAILURE_ENV, CLIP_LOG_ENV) if k in os.environ}
+    env = {k: os.environ[k] for k in (FAILURE_ENV, CLIP_LOG_ENV, *S3_SETTINGS) if k in os.environ}
     workers = (cfg.min_workers, cfg.num_workers) if 0 < cfg.min_workers < cfg.num_workers else cfg.num_workers
+    # -- elastic runs and decode locality (docs/cluster.md, tests/test_elastic.py, bench/cluster.py) --
+    # RAYTRAIN_DECODE_LOCALITY and RAYTRAIN_BLOCK_BYTES reach the workers (their data tasks' placement and block
+    # size); RAYTRAIN_RESIZE_INTERVAL_S sets how often an elastic run (--min_workers) checks for room for more
+    # workers (Ray Train's default: 60 s).
+    from raytrain.data.pipeline import BLOCK_BYTES_ENV, DECODE_LOCALITY_ENV
+    RESIZE_INTERVAL_ENV = "RAYTRAIN_RESIZE_INTERVAL_S"
+
+    env.update({k: os.environ[k] for k in (DECODE_LOCALITY_ENV, BLOCK_BYTES_ENV) if k in os.environ})
+    elastic = ({"elastic_resize_monitor_interval_s": float(os.environ[RESIZE_INTERVAL_ENV])}
+               if isinstance(workers, tuple) and os.environ.get(RESIZE_INTERVAL_ENV) else {})
+    # -- end --
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"job": job, "cfg": to_dict(cfg), "name": name, "tensorboard_dir": tb_dir,
+        train_loop_config={"job": job, "cfg": to_dict(cfg), "name": name, "run": run,
+                           "tensorboard_dir": tb_dir,
                            "validate": validate, "source": ray.put(load_source(cfg.data))},
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=cfg.use_gpu,
-                                               resources_per_worker=resources),
+                                               resources_per_worker=resources, **elastic),
         run_config=ray.train.RunConfig(
             name=name, storage_path=storage, callbacks=callbacks, worker_runtime_env={"env_vars": env},
             logging_config=ray.train.LoggingConfig(log_level="INFO" if cfg.verbose else "WARNING"),
