@@ -36,6 +36,7 @@ MANIFEST = "manifest.json"
 CKPT_PREFIX = "raytrain-ckpt-"  # temp checkpoint folders: raytrain-ckpt-<pid>-<random>
 CHECKPOINT_GLOB = "checkpoint_"
 RUN_KEYS = ("task", "step", "job")  # what a raytrain training state holds, whatever its version
+COPY_CHUNK = 64 << 20  # bytes per ranged read when fetching a checkpoint: few requests for a state of 100s of MB
 MANIFEST_KEYS = ("step", "job", "config", "sampler", "starts", "curve")
 
 Warn = Callable[[str], None]
@@ -194,7 +195,7 @@ def local_checkpoint(location: str) -> Iterator[Path]:
         for file in (STATE_FILE, MANIFEST):
             try:
                 pafs.copy_files(posixpath.join(folder, file), str(local / file), source_filesystem=fs,
-                                destination_filesystem=pafs.LocalFileSystem())
+                                destination_filesystem=pafs.LocalFileSystem(), chunk_size=COPY_CHUNK)
             except FileNotFoundError:
                 continue  # named by the verification that follows
             except OSError as e:

@@ -349,7 +349,10 @@ def decode_placement() -> tuple[str | None, bool, str | None]:
     node = ray.get_runtime_context().get_node_id() if mode != "spread" and ray.is_initialized() else None
     spill = mode == "prefer"
     if node and not spill:
-        held = ray.get_runtime_context().get_assigned_resources().get("CPU", 0.0)
+        try:
+            held = ray.get_runtime_context().get_assigned_resources().get("CPU", 0.0)
+        except AssertionError:  # a driver (not a Ray worker) holds none
+            held = 0.0
         total = next((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n["NodeID"] == node), 0.0)
         if total - held < 1:
             log.warning("data: this node has no CPU for data tasks beyond the %g this worker holds: they run on "

@@ -24,7 +24,7 @@ import torch.distributed as dist
 from ray.train.torch import TorchTrainer
 
 from raytrain.config import TRAIN_CONFIGS, RunConfig, from_dict, global_batch, to_dict, worker_batch
-from raytrain.data.pipeline import DataHealth, clip_batches
+from raytrain.data.pipeline import BLOCK_BYTES_ENV, DECODE_LOCALITY_ENV, DataHealth, clip_batches
 from raytrain.data.plan import PLAN_VERSION, StreamConfig
 from raytrain.data.sources import load_source
 from raytrain.checkpoints import (CheckpointError, load_checkpoint, newest_state, remove_stale_checkpoint_folders,
@@ -40,7 +40,9 @@ FAILURE_ENV = "RAYTRAIN_INJECT_FAILURE"  # "step:rank:marker" — kill that work
 # Where S3-compatible storage is (MinIO, a loopback test server): passed to the workers, which read shards and
 # checkpoints. Credentials are not passed: nodes get them from their own environment or instance role.
 S3_SETTINGS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
-CLIP_LOG_ENV = "RAYTRAIN_CLIP_LOG"  # a folder: each rank appends the clips of every batch it trains on (audits)
+CLIP_LOG_ENV = "RAYTRAIN_CLIP_LOG"
+# How often an elastic run (--min_workers) checks for room for more workers (Ray Train's default: 60 s).
+RESIZE_INTERVAL_ENV = "RAYTRAIN_RESIZE_INTERVAL_S"  # a folder: each rank appends the clips of every batch it trains on (audits)
 # In-training validation: validate(job, task, cfg) -> {"val_jf": ..., ...}, run on rank 0 at every checkpoint.
 Validate = Callable[[str, Any, Any], dict[str, float]]
 
@@ -293,17 +295,9 @@ def make_trainer(job: str, cfg: RunConfig, callbacks: list | None = None,
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}
     env = {k: os.environ[k] for k in (FAILURE_ENV, CLIP_LOG_ENV, *S3_SETTINGS) if k in os.environ}
     workers = (cfg.min_workers, cfg.num_workers) if 0 < cfg.min_workers < cfg.num_workers else cfg.num_workers
-    # -- elastic runs and decode locality (docs/cluster.md, tests/test_elastic.py, bench/cluster.py) --
-    # RAYTRAIN_DECODE_LOCALITY and RAYTRAIN_BLOCK_BYTES reach the workers (their data tasks' placement and block
-    # size); RAYTRAIN_RESIZE_INTERVAL_S sets how often an elastic run (--min_workers) checks for room for more
-    # workers (Ray Train's default: 60 s).
-    from raytrain.data.pipeline import BLOCK_BYTES_ENV, DECODE_LOCALITY_ENV
-    RESIZE_INTERVAL_ENV = "RAYTRAIN_RESIZE_INTERVAL_S"
-
     env.update({k: os.environ[k] for k in (DECODE_LOCALITY_ENV, BLOCK_BYTES_ENV) if k in os.environ})
     elastic = ({"elastic_resize_monitor_interval_s": float(os.environ[RESIZE_INTERVAL_ENV])}
                if isinstance(workers, tuple) and os.environ.get(RESIZE_INTERVAL_ENV) else {})
-    # -- end --
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"job": job, "cfg": to_dict(cfg), "name": name, "run": run,
