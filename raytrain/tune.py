@@ -180,7 +180,8 @@ def _statuses(results: ray.tune.ResultGrid) -> dict[str, str]:
     Read back from the experiment state on storage: after an interruption it holds the trials Tune would
     resume as PENDING, where the in-memory trials read TERMINATED.
     """
-    return {t.path: t.status for t in ray.tune.ExperimentAnalysis(results.experiment_path).trials}
+    analysis = ray.tune.ExperimentAnalysis(results.experiment_path, storage_filesystem=results.filesystem)
+    return {t.path: t.status for t in analysis.trials}
 
 
 def trial_rows(results: ray.tune.ResultGrid, job: str, metric: str, steps: int) -> list[dict[str, Any]]:
