@@ -55,7 +55,9 @@ import ray.train
 
 from raytrain.config import SMTCConfig
 from raytrain.data.pipeline import clip_bytes
-from raytrain.train.loop import make_trainer, stream_config
+from raytrain.data.plan import stream_config
+from raytrain.train.loop import make_trainer
+from raytrain.methods.smtc import METHOD as SMTC_METHOD
 from shards.pack import pack
 from shards.synth import write_ytvos
 
@@ -166,7 +168,7 @@ def train(cfg: SMTCConfig, log: Path, watch: Callable[[], None]) -> None:
 
     def run() -> None:
         try:
-            make_trainer("smtc", cfg, callbacks=[StepLog(str(log))]).fit()
+            make_trainer(SMTC_METHOD, cfg, callbacks=[StepLog(str(log))]).fit()
         except BaseException as e:  # noqa: BLE001 - re-raised below
             box["error"] = e
 
@@ -255,7 +257,7 @@ def locality_run(cluster: Any, root: Path, shards: str, mode: str, steps: int) -
     time.sleep(2.5)
     crossed = received_bytes(cluster) - before
     tasks = [json.loads(line) for f in (clips / "decode").glob("*.jsonl") for line in f.read_text().splitlines()]
-    decoded = clip_bytes(stream_config("smtc", cfg, 0, 1)) * cfg.batch_size * cfg.num_workers
+    decoded = clip_bytes(stream_config(SMTC_METHOD, cfg, 0, 1)) * cfg.batch_size * cfg.num_workers
     return {"placement": PLACEMENTS[mode], "mode": mode, "steps": steps, "decoded_kib_per_step": decoded / 1024,
             "cross_node_kib_per_step": crossed / steps / 1024,
             "data_tasks": len(tasks), "off_node": sum(t["node"] != t["consumer"] for t in tasks), "seconds": seconds}

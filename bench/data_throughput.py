@@ -184,7 +184,7 @@ def bench_pipelines(shards: str, batch: int, warmup: int, batches: int, size: in
 
     source = ClipSource.from_index(shards, read_index(shards))
     ref = ray.put(source)
-    common = dict(kind="smtc", seed=0, rank=0, world_size=1, batch_size=batch, steps=warmup + batches + 1,
+    common = dict(sampler="gap", seed=0, rank=0, world_size=1, batch_size=batch, steps=warmup + batches + 1,
                   num_frames=4, size=size, gap=4)
     new_cfg = StreamConfig(clips_per_video=1, shard_window=16, **common)
     today_cfg = StreamConfig(clips_per_video=4, **common)
@@ -260,10 +260,10 @@ def mixing_table(steps: int = 200) -> list[str]:
     flat = ClipSource.mix([synthetic_source("davis17", 60, (25, 104), 90_000, "davis", 2), yt480])
     configs = [
         ("SMTC: YouTube-VOS train, 4 workers x 32", yt720, yt720,
-         StreamConfig(kind="smtc", seed=0, rank=0, world_size=4, batch_size=32, steps=10_000, clips_per_video=1,
+         StreamConfig(sampler="gap", seed=0, rank=0, world_size=4, batch_size=32, steps=10_000, clips_per_video=1,
                       num_frames=4, size=256)),
         ("STMAE stage 3: DAVIS-17 x5 + YouTube-VOS 480p, 4 workers x 8", stage3, flat,
-         StreamConfig(kind="stmae", seed=0, rank=0, world_size=4, batch_size=8, steps=43_500, clips_per_video=1,
+         StreamConfig(sampler="max_skip", seed=0, rank=0, world_size=4, batch_size=8, steps=43_500, clips_per_video=1,
                       num_frames=8, size=384)),
     ]
     lines = [f"Distinct videos and shards per worker batch (mean over {steps} global batches x 4 workers; planned "

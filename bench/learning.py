@@ -47,7 +47,7 @@ from raytrain.eval import davis  # noqa: E402
 from raytrain.eval.models import ModelSpec, build_model  # noqa: E402
 from raytrain.eval.video_io import read_rgb  # noqa: E402
 from raytrain.models.stmae import similarity  # noqa: E402
-from raytrain.train.stmae_task import normalise  # noqa: E402
+from raytrain.augment import normalize_uint8  # noqa: E402
 from raytrain.eval.validate import discovery_size  # noqa: E402
 from raytrain.eval.video_io import read_ground_truth  # noqa: E402
 from raytrain.checkpoints import STATE_FILE, load_checkpoint_state  # noqa: E402
@@ -113,7 +113,7 @@ def nearest_key_iou(davis_root: Path, similarity_kind: str, size: int, seed: int
     ious = []
     for video in list_videos(str(davis_root), "davis", "val"):
         gt = read_ground_truth(video)
-        frames = torch.stack([normalise(torch.from_numpy(read_rgb(video, i)).permute(2, 0, 1))
+        frames = torch.stack([normalize_uint8(torch.from_numpy(read_rgb(video, i)).permute(2, 0, 1))
                               for i in range(len(gt))])
         h0, w0 = gt.shape[1:]
         h, w = size, round(w0 * size / h0)

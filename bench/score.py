@@ -38,7 +38,8 @@ from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 
 from raytrain.eval import davis, score
-from shards.synth import DAVIS_PALETTE, write_davis
+from shards.palettes import DAVIS_PALETTE
+from shards.synth import write_davis
 
 try:
     import cv2

@@ -3,7 +3,8 @@ import sys
 from functools import partial
 
 from raytrain.cli.train import main
+from raytrain.methods.smtc import METHOD
 from shards.errors import run_cli
 
 if __name__ == "__main__":
-    sys.exit(run_cli(partial(main, "smtc")))
+    sys.exit(run_cli(partial(main, METHOD)))

@@ -4,7 +4,8 @@ import sys
 from functools import partial
 
 from raytrain.cli.sweep import main
+from raytrain.methods.stmae import METHOD
 from shards.errors import run_cli
 
 if __name__ == "__main__":
-    sys.exit(run_cli(partial(main, "stmae")))
+    sys.exit(run_cli(partial(main, METHOD)))

@@ -155,6 +155,11 @@ def normalize(x: Tensor) -> Tensor:
     return (x - mean) / std
 
 
+def normalize_uint8(frames: Tensor) -> Tensor:
+    """uint8 RGB [..., 3, H, W] -> ImageNet-normalised float32."""
+    return normalize(frames.float() / 255)
+
+
 def augment_clips(frames: Tensor, generator: torch.Generator) -> Tensor:
     """One augmented, normalised float32 view of uint8 clips B x T x 3 x H x W (parameters from `generator`)."""
     x = frames.float() / 255.0

@@ -43,59 +43,50 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import BasicVariantGenerator
 
-from raytrain.config import LOG_UNIFORM, SEARCHED, TRAIN_CONFIGS, SweepOptions, check_flags, from_dict, to_dict
-from raytrain.eval.validate import validate
+from raytrain.config import LOG_UNIFORM, SweepOptions, check_flags, from_dict, to_dict
+from raytrain.method import Method
+from raytrain.methods import get
 from raytrain.runtime import run_dir
 from raytrain.train.loop import make_trainer
 from shards.errors import UsageError, UserError, find_user_error
 from shards.layout import resolve
 
 
-# What every report of a trial holds (`raytrain.train.loop`: the step's loss terms, lr and speed; the
-# validation metrics with --val_data, `val_disc_*` when it also has Annotations_unsupervised). The skip counts
-# (`skipped_*`) are left out: they are reported only once something was skipped.
+# What every report of a trial holds (`raytrain.train.loop`: the step's loss, lr and speed, and the method's
+# loss terms; its validation metrics with --val_data, `val_disc_*` only when the val set also has
+# Annotations_unsupervised). The skip counts (`skipped_*`) are left out: they are reported only once something
+# was skipped.
 REPORTED = ("loss", "lr", "clips_per_s", "data_wait")
-JOB_REPORTED = {"smtc": ("loss_cons", "loss_diff", "loss_inst", "valid_frac"), "stmae": ("loss_ce", "loss_dice")}
-VAL_REPORTED = {"smtc": ("val_jf", "val_j", "val_f", "val_disc_jf", "val_disc_j", "val_disc_f"),
-                "stmae": ("val_jf", "val_j", "val_f")}
 
 
-def reported_metrics(job: str) -> tuple[str, ...]:
-    """The metrics a trial of `job` reports (with --val_data), any of which --metric may name."""
-    return REPORTED + JOB_REPORTED[job] + VAL_REPORTED[job]
+def reported_metrics(method: Method) -> tuple[str, ...]:
+    """The metrics a trial of `method` reports (with --val_data), any of which --metric may name."""
+    return REPORTED + method.loss_terms + method.val_metrics
 
 
-def check(cfg: Any, job: str) -> None:
+def check(cfg: Any, method: Method) -> None:
     """Refuse a sweep whose flags (every searched value too) are out of range or do not go together."""
-    if cfg.mode not in ("max", "min"):
-        raise UsageError(f"--mode must be max or min, got {cfg.mode!r}")
-    if cfg.metric not in reported_metrics(job):
-        raise UsageError(f"--metric {cfg.metric!r} is not a metric a {job} trial reports; one of "
-                         f"{', '.join(reported_metrics(job))}")
+    check_flags(cfg)
+    if cfg.metric not in reported_metrics(method):
+        raise UsageError(f"--metric {cfg.metric!r} is not a metric a {method.name} trial reports; one of "
+                         f"{', '.join(reported_metrics(method))}")
     if cfg.metric.startswith("val_") and not cfg.val_data:
         raise UsageError(f"--metric {cfg.metric} is only reported with --val_data (or use --metric loss --mode min)")
-    if cfg.num_samples < 1:
-        raise UsageError(f"--num_samples must be at least 1, got {cfg.num_samples}")
-    for name in SEARCHED[job]:
-        values = getattr(cfg, name)
-        if name in LOG_UNIFORM and not (len(values) in (1, 2) and all(v > 0 for v in values)):
-            raise UsageError(f"--{name}: one positive value (fixed) or two (log-uniform range), got {values}")
-    check_flags(cfg)
 
 
-def trial_configs(cfg: Any, job: str) -> list[Any]:
+def trial_configs(cfg: Any, method: Method) -> list[Any]:
     """One training config per searched value (the other searched flags at their first value): together they
     hold every value a trial can get, for the driver to check before trials start."""
-    base = trial_config(cfg, job)
-    first = {name: getattr(cfg, name)[0] for name in SEARCHED[job]}
-    return [from_dict(TRAIN_CONFIGS[job], {**base, **first, name: value})
-            for name in SEARCHED[job] for value in getattr(cfg, name)]
+    base = trial_config(cfg)
+    first = {name: getattr(cfg, name)[0] for name in method.searched}
+    return [from_dict(method.config, {**base, **first, name: value})
+            for name in method.searched for value in getattr(cfg, name)]
 
 
-def search_space(cfg: Any, job: str) -> dict[str, Any]:
-    """Tune's search space for the searched flags of `cfg` (a single value stays a constant)."""
+def search_space(cfg: Any) -> dict[str, Any]:
+    """Tune's search space for the searched flags of a sweep config (a single value stays a constant)."""
     space: dict[str, Any] = {}
-    for name in SEARCHED[job]:
+    for name in cfg.SEARCHED:
         values = list(getattr(cfg, name))
         if len(values) == 1:
             space[name] = values[0]
@@ -106,18 +97,18 @@ def search_space(cfg: Any, job: str) -> dict[str, Any]:
     return space
 
 
-def trial_config(cfg: Any, job: str) -> dict[str, Any]:
+def trial_config(cfg: Any) -> dict[str, Any]:
     """The training config all trials share, as a dict: the sweep's flags with every report a checkpoint."""
     sweep_fields = {f.name for f in dataclasses.fields(SweepOptions)}
-    base = {k: v for k, v in to_dict(cfg).items() if k not in sweep_fields and k not in SEARCHED[job]}
+    base = {k: v for k, v in to_dict(cfg).items() if k not in sweep_fields and k not in cfg.SEARCHED}
     base["log_every"] = cfg.checkpoint_every
     return base
 
 
-def sweep_dir(cfg: Any, job: str) -> tuple[str, str]:
-    """(storage_path, name) of a sweep: `--storage_path` (./runs) and `--name` (`<job>-sweep`)."""
-    storage, name = run_dir(cfg, job)
-    return storage, cfg.name or f"{job}-sweep"
+def sweep_dir(cfg: Any, method: Method) -> tuple[str, str]:
+    """(storage_path, name) of a sweep: `--storage_path` (./runs) and `--name` (`<method>-sweep`)."""
+    storage, name = run_dir(cfg, method.name)
+    return storage, cfg.name or f"{method.name}-sweep"
 
 
 def trial_name(trial: Any) -> str:
@@ -126,13 +117,12 @@ def trial_name(trial: Any) -> str:
 
 
 def drive_trial(config: dict[str, Any]) -> None:
-    """One trial: the job's Train run with this trial's parameters, reporting every result to Tune."""
-    job = config["job"]
+    """One trial: the method's Train run with this trial's parameters, reporting every result to Tune."""
+    method = get(config["job"])  # the method's name, under the key sweeps have always saved it
     name = ray.tune.get_context().get_trial_name()
-    params = {k: config[k] for k in SEARCHED[job]}
-    cfg = from_dict(TRAIN_CONFIGS[job], {**config["base"], **params, "name": name,
-                                   "storage_path": config["train_storage"]})
-    make_trainer(job, cfg, callbacks=[TuneReportCallback()], validate=validate).fit()
+    params = {k: config[k] for k in method.searched}
+    cfg = from_dict(method.config, {**config["base"], **params, "name": name, "storage_path": config["train_storage"]})
+    make_trainer(method, cfg, callbacks=[TuneReportCallback()]).fit()
 
 
 def max_concurrent(cfg: Any, resources: dict[str, float]) -> int:
@@ -145,9 +135,9 @@ def max_concurrent(cfg: Any, resources: dict[str, float]) -> int:
     return max(1, int(resources.get("CPU", 0) // (2 * cfg.num_workers * cfg.cpus_per_worker)))
 
 
-def make_tuner(job: str, cfg: Any) -> ray.tune.Tuner:
+def make_tuner(method: Method, cfg: Any) -> ray.tune.Tuner:
     """A new sweep, or the interrupted one with the same name and storage (restored)."""
-    storage, name = sweep_dir(cfg, job)
+    storage, name = sweep_dir(cfg, method)
     trainable = ray.tune.with_resources(
         drive_trial, {"CPU": 0.01, **({cfg.driver_resource: 0.01} if cfg.driver_resource else {})})
     path = posixpath.join(storage, name)
@@ -162,8 +152,8 @@ def make_tuner(job: str, cfg: Any) -> ray.tune.Tuner:
           f"from step {min(grace, cfg.steps)}", flush=True)
     return ray.tune.Tuner(
         trainable,
-        param_space={"job": job, "base": trial_config(cfg, job),
-                     "train_storage": posixpath.join(storage, name, "train"), **search_space(cfg, job)},
+        param_space={"job": method.name, "base": trial_config(cfg),
+                     "train_storage": posixpath.join(storage, name, "train"), **search_space(cfg)},
         tune_config=ray.tune.TuneConfig(
             metric=cfg.metric, mode=cfg.mode, scheduler=scheduler, num_samples=cfg.num_samples,
             # The generator's own limit: Tune ignores max_concurrent_trials when given a generator.
@@ -184,7 +174,8 @@ def _statuses(results: ray.tune.ResultGrid) -> dict[str, str]:
     return {t.path: t.status for t in analysis.trials}
 
 
-def trial_rows(results: ray.tune.ResultGrid, job: str, metric: str, steps: int) -> list[dict[str, Any]]:
+def trial_rows(results: ray.tune.ResultGrid, searched: Sequence[str], metric: str, steps: int
+               ) -> list[dict[str, Any]]:
     """One row per trial: name, status (done / early-stopped / error / unfinished), searched parameters,
     last metric, last step and checkpoint."""
     statuses = _statuses(results)
@@ -195,7 +186,7 @@ def trial_rows(results: ray.tune.ResultGrid, job: str, metric: str, steps: int) 
         rows.append({"trial": Path(r.path).name,
                      "status": "error" if status == "ERROR" else "unfinished" if status != "TERMINATED"
                      else "done" if step == steps else "early-stopped",
-                     **{k: r.config[k] for k in SEARCHED[job]},
+                     **{k: r.config[k] for k in searched},
                      metric: m.get(metric), "step": step, "checkpoint": m.get("checkpoint_path")})
     return sorted(rows, key=lambda row: row["trial"])
 
@@ -253,11 +244,11 @@ def _write(uri: str, data: bytes) -> None:
         f.write(data)
 
 
-def summarize(results: ray.tune.ResultGrid, job: str, cfg: Any) -> dict[str, Any] | None:
+def summarize(results: ray.tune.ResultGrid, method: Method, cfg: Any) -> dict[str, Any] | None:
     """Print and save the trial table (CSV) and the plot; print and return the best trial's row."""
-    storage, name = sweep_dir(cfg, job)
+    storage, name = sweep_dir(cfg, method)
     metric, mode = cfg.metric, cfg.mode
-    rows = trial_rows(results, job, metric, cfg.steps)
+    rows = trial_rows(results, method.searched, metric, cfg.steps)
     if not rows:
         print("no trials")
         return None
@@ -269,7 +260,7 @@ def summarize(results: ray.tune.ResultGrid, job: str, cfg: Any) -> dict[str, Any
     print("\n" + format_table(rows))
     folder = posixpath.join(storage, name)
     _write(posixpath.join(folder, "trials.csv"), table_csv(rows))
-    _write(posixpath.join(folder, f"{metric}_vs_params.png"), plot_png(rows, SEARCHED[job], metric))
+    _write(posixpath.join(folder, f"{metric}_vs_params.png"), plot_png(rows, method.searched, metric))
     print(f"\ntable: {posixpath.join(folder, 'trials.csv')}\nplot:  {posixpath.join(folder, f'{metric}_vs_params.png')}")
     if any(r["status"] == "unfinished" for r in rows):
         print("the sweep was interrupted: run the same command again to resume it")
@@ -279,7 +270,7 @@ def summarize(results: ray.tune.ResultGrid, job: str, cfg: Any) -> dict[str, Any
         return None
     best = (max if mode == "max" else min)(scored, key=lambda r: r[metric])
     print(f"best: {best['trial']} {metric}={best[metric]:.4g} at step {best['step']} with "
-          + ", ".join(f"{k}={_fmt(best[k])}" for k in SEARCHED[job]))
+          + ", ".join(f"{k}={_fmt(best[k])}" for k in method.searched))
     print(f"best checkpoint: {best['checkpoint']}")
     return best
 
@@ -287,10 +278,10 @@ def summarize(results: ray.tune.ResultGrid, job: str, cfg: Any) -> dict[str, Any
 SETTINGS = "sweep.json"  # the flags a sweep was started with, in its folder: what a restore uses
 
 
-def saved_settings(job: str, cfg: Any) -> Any:
+def saved_settings(method: Method, cfg: Any) -> Any:
     """The flags that apply to this sweep: on a restore, those it was started with (read from its SETTINGS;
     each that differs from the flags given now is named, as the saved one overrides it), else `cfg`, saved."""
-    storage, name = sweep_dir(cfg, job)
+    storage, name = sweep_dir(cfg, method)
     path = posixpath.join(storage, name)
     fs, folder = resolve(path)
     settings = posixpath.join(folder, SETTINGS)
@@ -318,16 +309,16 @@ def _flag(value: Any) -> str:
     return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
-def run_sweep(job: str, cfg: Any) -> tuple[ray.tune.ResultGrid, dict[str, Any] | None]:
-    """Run (or restore and finish) the sweep; print and save its summary. Ray must be initialised."""
-    check(cfg, job)
-    cfg = saved_settings(job, cfg)
-    results = make_tuner(job, cfg).fit()
-    best = summarize(results, job, cfg)
-    rows = trial_rows(results, job, cfg.metric, cfg.steps)
+def run_sweep(method: Method, cfg: Any) -> tuple[ray.tune.ResultGrid, dict[str, Any] | None]:
+    """Run (or restore and finish) the sweep of `method`; print and save its summary. Ray must be initialised."""
+    check(cfg, method)
+    cfg = saved_settings(method, cfg)
+    results = make_tuner(method, cfg).fit()
+    best = summarize(results, method, cfg)
+    rows = trial_rows(results, method.searched, cfg.metric, cfg.steps)
     statuses = {r["status"] for r in rows}
     if not statuses & {"done", "early-stopped", "unfinished"}:  # an interrupted sweep is resumed, not failed
-        storage, name = sweep_dir(cfg, job)
+        storage, name = sweep_dir(cfg, method)
         errors = [r["trial"] for r in rows if r["status"] == "error"]
         first = next((find_user_error(e) for e in results.errors if find_user_error(e) is not None), None)
         raise UserError(f"sweep {posixpath.join(storage, name)}: no trial finished ({len(errors)} of {len(rows)} "

@@ -17,10 +17,7 @@ File conventions (reference/eval.md §6):
   `valid/JPEGImages` (every 5th frame), `valid/Annotations` holding each object only in the frame where it
   first appears, `valid/meta.json` (an object's `frames` run from its first appearance to the last frame),
   and `valid_all_frames/JPEGImages` with every frame 00000, 00001, ... of the same clips.
-  Palette: entries 0..10 are those of the released annotations (0,0,0), (236,95,103), (249,145,87),
-  (250,200,99), (153,199,148), (98,179,178), (102,153,204), (197,148,197), (171,121,103), (255,255,255),
-  (101,115,126), as reproduced in XMem's `util/palette.py`; that copy continues with entries 11..15 = (i,i,i),
-  and we assume the grey ramp (i,i,i) holds up to 255.
+  Palette: `shards.palettes.YTVOS_PALETTE`.
 """
 from __future__ import annotations
 
@@ -39,6 +36,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from scipy import ndimage
 
 from .errors import DEBUG_HELP, UsageError, UserError, run_cli
+from .palettes import DAVIS_PALETTE, YTVOS_PALETTE
 from .paths import output_entries
 
 JPEG_QUALITY = 90
@@ -51,32 +49,6 @@ _NOUNS = ("bear", "bike", "boat", "camel", "car", "cow", "dance", "dog", "drift"
           "train", "tram", "tennis", "judo", "surf", "stroller", "lady", "gold")
 _MODIFIERS = ("black", "blue", "grey", "red", "white", "fast", "night", "street", "river", "snow", "sand",
               "wood", "jump", "turn", "loop", "park", "city", "field", "trees", "bumps")
-
-
-def voc_palette() -> bytes:
-    """The PASCAL-VOC colour map (DAVIS annotations): 256 RGB triples from the bits of each index."""
-    pal = bytearray()
-    for i in range(256):
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        pal += bytes((r, g, b))
-    return bytes(pal)
-
-
-def ytvos_palette() -> bytes:
-    """The YouTube-VOS annotation palette (module docstring): 11 colours, then the grey ramp (i, i, i)."""
-    head = [(0, 0, 0), (236, 95, 103), (249, 145, 87), (250, 200, 99), (153, 199, 148), (98, 179, 178),
-            (102, 153, 204), (197, 148, 197), (171, 121, 103), (255, 255, 255), (101, 115, 126)]
-    return bytes(v for rgb in head for v in rgb) + bytes(v for i in range(len(head), 256) for v in (i, i, i))
-
-
-DAVIS_PALETTE = voc_palette()
-YTVOS_PALETTE = ytvos_palette()
 
 
 def default_width(height: int) -> int:

@@ -180,7 +180,7 @@ def _cases(p: dict[str, Path]) -> list[tuple[str, list[str], int, tuple[str, ...
         (STMAE, ["--max_skip", "5", "10", "--max_skip_at", "0"], 2, ("--max_skip",)),
         (STMAE, ["--crop", "50"], 2, ("--crop",)),
         (STMAE, ["--similarity", "cosine"], 2, ("--similarity", "cosine")),
-        (STMAE, ["--bn_calibration", "imagenet"], 2, ("--bn_calibration", "first_batch or none")),
+        (STMAE, ["--bn_calibration", "imagenet"], 2, ("--bn_calibration", "one of first_batch, none")),
         (STMAE, ["--val_size", "-1"], 2, ("--val_size", "at least 0")),
         # --data, --val_data and weights files, read on the driver
         (TRAIN, ["--data", s["t"] + "/nowhere"], 1, ("--data", "nowhere", "index.parquet")),

@@ -29,6 +29,7 @@ from PIL import Image
 
 from conftest import pack_serially
 from raytrain.config import SMTCConfig, parse
+from raytrain.methods.smtc import METHOD as SMTC_METHOD
 from shards.cluster import cluster_address
 from shards.layout import list_videos
 from shards.synth import write_davis, write_ytvos
@@ -232,12 +233,12 @@ def test_synth_writes_more_videos_than_it_has_names(tmp_path):
 def test_a_round_too_large_is_refused_before_any_list_is_built(inputs):
     from raytrain.data import plan as plan_module
     from raytrain.data.sources import load_source
-    from raytrain.train.loop import stream_config
+    from raytrain.data.plan import stream_config
 
     cfg = parse(SMTCConfig, SMTC_ARGS(inputs) + ["--data", f"{inputs['yt_shards']}:1000000000"])
     start = time.perf_counter()
     with pytest.raises(ValueError, match="round of the plan"):
-        plan_module.Plan(load_source(cfg.data), stream_config("smtc", cfg, 0, 1))
+        plan_module.Plan(load_source(cfg.data), stream_config(SMTC_METHOD, cfg, 0, 1))
     assert time.perf_counter() - start < 5  # 10^9 shard reads were never listed
 
 
@@ -247,12 +248,12 @@ def test_a_restored_sweep_names_the_saved_settings_that_override_the_flags(tmp_p
 
     first = parse(SMTCSweepConfig, ["--storage_path", str(tmp_path), "--name", "sw", "--num_samples", "4",
                                     "--metric", "loss", "--mode", "min"])
-    assert saved_settings("smtc", first) == first
+    assert saved_settings(SMTC_METHOD, first) == first
     assert json.loads((tmp_path / "sw" / SETTINGS).read_text())["num_samples"] == 4
     (tmp_path / "sw" / "tuner.pkl").write_bytes(b"")  # what makes Tune restore the folder
     again = parse(SMTCSweepConfig, ["--storage_path", str(tmp_path), "--name", "sw", "--num_samples", "16",
                                     "--metric", "loss", "--mode", "min", "--lr", "1e-4"])
-    used = saved_settings("smtc", again)
+    used = saved_settings(SMTC_METHOD, again)
     out = capsys.readouterr().out
     assert used.num_samples == 4 and used.lr == first.lr
     assert "override the flags given now" in out and "--num_samples 4 (given now: 16)" in out, out

@@ -22,6 +22,7 @@ from raytrain.cli.train import main
 from raytrain.config import SMTCConfig, config_changes, parse, to_dict
 from raytrain.checkpoints import (MANIFEST, STATE_FILE, CheckpointError, checkpoint_folders, find_checkpoint,
                                   load_checkpoint_state, newest_manifest, newest_state, write_checkpoint)
+from raytrain.methods.smtc import METHOD as SMTC_METHOD
 from shards.errors import UsageError
 from shards.synth import write_ytvos
 
@@ -97,7 +98,7 @@ def test_resuming_with_other_flags_is_refused_unless_allowed(tmp_path, capsys):
     cfg = parse(SMTCConfig, ["--data", str(tmp_path / "d"), "--storage_path", str(tmp_path), "--name", "r",
                              "--batch_size", "2"])
     _run(tmp_path / "r", (4,), cfg)
-    check_resume("smtc", dataclasses.replace(cfg, steps=20, log_every=1))  # where and how long: free to change
+    check_resume(SMTC_METHOD, dataclasses.replace(cfg, steps=20, log_every=1))  # where and how long: free to change
     assert "resuming" in capsys.readouterr().out
     changed = dataclasses.replace(cfg, batch_size=4, lr=1e-3)
     assert config_changes(to_dict(cfg), changed) == [
@@ -108,10 +109,10 @@ def test_resuming_with_other_flags_is_refused_unless_allowed(tmp_path, capsys):
     _run(tmp_path / "old", (4,), dataclasses.replace(cfg, name="old"),
          sampler={"seed": 0, "world_size": 1, "batch_size": 2})
     with pytest.raises(UsageError, match=r"the clip stream \(it was trained on the clip plan of an earlier version"):
-        check_resume("smtc", dataclasses.replace(cfg, name="old"))
+        check_resume(SMTC_METHOD, dataclasses.replace(cfg, name="old"))
     with pytest.raises(UsageError, match=r"--lr 2e-05 -> 0.001, --batch_size 2 -> 4.*--allow_config_change"):
-        check_resume("smtc", changed)
-    check_resume("smtc", dataclasses.replace(changed, allow_config_change=True))
+        check_resume(SMTC_METHOD, changed)
+    check_resume(SMTC_METHOD, dataclasses.replace(changed, allow_config_change=True))
     assert "with changed flags: --lr" in capsys.readouterr().out
 
 
@@ -123,7 +124,7 @@ def test_a_damaged_newest_checkpoint_is_skipped_on_resubmission(ray_local, tmp_p
             "--steps", "6", "--checkpoint_every", "2", "--log_every", "2", "--num_workers", "1", "--batch_size", "2",
             "--resolution", "32", "--num_slots", "2", "--num_instance", "2", "--clips_per_video", "2",
             "--num_frames", "2", "--gap", "1", "--grad_iter", "0", "--max_failures", "0"]
-    main("smtc", argv)
+    main(SMTC_METHOD, argv)
     run = tmp_path / "runs" / "cut"
     folders = checkpoint_folders(run)
     assert [load_checkpoint_state(f)["step"] for f in folders] == [6, 4, 2]
@@ -134,7 +135,7 @@ def test_a_damaged_newest_checkpoint_is_skipped_on_resubmission(ray_local, tmp_p
     shutil.copytree(newest, half)
     capsys.readouterr()
 
-    main("smtc", argv)  # the same command again
+    main(SMTC_METHOD, argv)  # the same command again
     out = capsys.readouterr().out
     assert f"skipped checkpoint {half}" in out and f"skipped checkpoint {newest}" in out
     assert f"from {folders[1].name} (step 4)" in out

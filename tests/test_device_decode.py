@@ -55,7 +55,7 @@ def _clips(jpegs: list[bytes], t: int) -> list[dict]:
 
 def test_encoded_batch_decodes_to_the_cpu_batch(tmp_path):
     jpegs = _jpegs(tmp_path, 64, videos=3)
-    scfg = StreamConfig(kind="smtc", seed=0, rank=0, world_size=1, batch_size=3, steps=1, clips_per_video=1,
+    scfg = StreamConfig(sampler="gap", seed=0, rank=0, world_size=1, batch_size=3, steps=1, clips_per_video=1,
                         num_frames=4, size=64, decode="gpu")
     clips = _clips(jpegs, 4)
     cpu = pipeline.decode_clips(clips, scfg)
@@ -72,7 +72,7 @@ def test_corrupt_clips_are_dropped_and_named(tmp_path):
     jpegs = _jpegs(tmp_path, 64, videos=3)
     jpegs[1] = jpegs[1][:20] + bytes(len(jpegs[1]) - 20)  # clip 0: header garbled -> dropped by the data task
     jpegs[9] = jpegs[9][: len(jpegs[9]) // 2]  # clip 2: truncated body -> dropped on the device
-    scfg = StreamConfig(kind="smtc", seed=0, rank=0, world_size=1, batch_size=3, steps=1, clips_per_video=1,
+    scfg = StreamConfig(sampler="gap", seed=0, rank=0, world_size=1, batch_size=3, steps=1, clips_per_video=1,
                         num_frames=4, size=32, decode="gpu")
     encoded = pipeline.encoded_clips(_clips(jpegs, 4), scfg)
     assert encoded["video"].tolist() == ["v1", "v2"]
@@ -85,7 +85,7 @@ def test_corrupt_clips_are_dropped_and_named(tmp_path):
 def test_device_batches_keep_order_and_skip_empty_batches(tmp_path):
     jpegs = _jpegs(tmp_path, 64, videos=3)
     jpegs[4:8] = [b[: len(b) // 2] for b in jpegs[4:8]]  # the only clip of batch 1 fails on the device
-    scfg = StreamConfig(kind="smtc", seed=0, rank=0, world_size=1, batch_size=1, steps=1, clips_per_video=1,
+    scfg = StreamConfig(sampler="gap", seed=0, rank=0, world_size=1, batch_size=1, steps=1, clips_per_video=1,
                         num_frames=4, size=32, decode="gpu")
     encoded = [pipeline.encoded_clips([c], scfg) for c in _clips(jpegs, 4)]
     out = list(device_decode.device_batches(iter(encoded), 32, "cpu", depth=2))
@@ -93,9 +93,9 @@ def test_device_batches_keep_order_and_skip_empty_batches(tmp_path):
 
 
 def test_stmae_refuses_gpu_decode():
-    with pytest.raises(ValueError, match="SMTC clips only"):
-        StreamConfig(kind="stmae", seed=0, rank=0, world_size=1, batch_size=1, steps=1, clips_per_video=1,
+    with pytest.raises(ValueError, match="clips without masks only"):
+        StreamConfig(sampler="max_skip", seed=0, rank=0, world_size=1, batch_size=1, steps=1, clips_per_video=1,
                      num_frames=4, size=32, decode="gpu")
     assert any(p.startswith("--decode must be cpu for STMAE") for p in flag_problems(STMAEConfig(decode="gpu")))
     assert not any("--decode" in p for p in flag_problems(SMTCConfig(decode="gpu")))
-    assert any(p.startswith("--decode must be cpu or gpu") for p in flag_problems(SMTCConfig(decode="nvjpeg")))
+    assert any(p.startswith("--decode must be one of cpu, gpu") for p in flag_problems(SMTCConfig(decode="nvjpeg")))

@@ -28,7 +28,9 @@ from raytrain.config import SMTCConfig
 from raytrain.checkpoints import load_checkpoint_state
 from raytrain.data.plan import Plan
 from raytrain.data.sources import load_source
-from raytrain.train.loop import CLIP_LOG_ENV, make_trainer, stream_config
+from raytrain.data.plan import stream_config
+from raytrain.train.loop import CLIP_LOG_ENV, make_trainer
+from raytrain.methods.smtc import METHOD as SMTC_METHOD
 from shards.pack import pack
 from shards.synth import write_ytvos
 
@@ -101,7 +103,7 @@ def _fit_while(cfg: SMTCConfig, log: Path, watch: Callable[[Callable[[], bool]],
 
     def run() -> None:
         try:
-            box["result"] = make_trainer("smtc", cfg, callbacks=[StepLog(str(log))]).fit()
+            box["result"] = make_trainer(SMTC_METHOD, cfg, callbacks=[StepLog(str(log))]).fit()
         except BaseException as e:  # noqa: BLE001 - re-raised below
             box["error"] = e
 
@@ -135,7 +137,7 @@ def test_decode_tasks_run_on_their_trainers_node(cluster, shards, tmp_path, monk
     monkeypatch.setenv("RAYTRAIN_BLOCK_BYTES", "1")  # blocks of three batches: a data task per four steps
     cfg = SMTCConfig(data=shards, storage_path=str(tmp_path / "runs"), name="locality", num_workers=2, steps=8,
                      checkpoint_every=8, log_every=4, max_failures=0, **TINY)
-    make_trainer("smtc", cfg).fit()
+    make_trainer(SMTC_METHOD, cfg).fit()
 
     tasks = [json.loads(line) for f in (clips / "decode").glob("*.jsonl") for line in f.read_text().splitlines()]
     assert {t["rank"] for t in tasks} == {0, 1}
@@ -203,7 +205,7 @@ def test_an_elastic_run_goes_on_without_a_lost_node_and_grows_back(cluster, shar
     assert state["sampler"]["global_batch_size"] == 4
 
     # Every step trained exactly its planned clips: each worker its slice of the same global batch of 4.
-    plan = Plan(load_source([shards]), stream_config("smtc", cfg, 0, 1))
+    plan = Plan(load_source([shards]), stream_config(SMTC_METHOD, cfg, 0, 1))
     trained: dict[int, set[tuple[int, int]]] = {}  # step -> (world size, rank) of the records
     for f in clips.glob("*.jsonl"):
         for r in map(json.loads, f.read_text().splitlines()):

@@ -18,7 +18,9 @@ from raytrain.eval.distributed import EvalPool, item_cost
 from raytrain.eval.video_io import VideoResult
 from raytrain.cli.evaluate import main_smtc
 from raytrain.config import EvalSMTCConfig, EvalSTMAEConfig
-from raytrain.eval.models import build_model, smtc_spec, stmae_spec
+from raytrain.eval.models import build_model
+from raytrain.methods.smtc import eval_model as smtc_spec
+from raytrain.methods.stmae import eval_model as stmae_spec
 from raytrain.models.stmae import SIMILARITIES, STMAE
 from raytrain.train.smtc_task import SMTCTask
 

@@ -29,6 +29,7 @@ from raytrain.config import SMTCSweepConfig
 from raytrain.checkpoints import load_checkpoint_state
 from raytrain.train.loop import FAILURE_ENV, make_trainer
 from raytrain.tune import run_sweep
+from raytrain.methods.smtc import METHOD as SMTC_METHOD
 from shards.pack import pack
 from shards.synth import write_ytvos
 
@@ -107,7 +108,7 @@ def test_training_survives_the_loss_of_a_node(cluster, shards, tmp_path):
 
     watcher = threading.Thread(target=remove_a_worker_node, daemon=True)
     watcher.start()
-    result = make_trainer("smtc", cfg, callbacks=[StepLog(str(log))]).fit()
+    result = make_trainer(SMTC_METHOD, cfg, callbacks=[StepLog(str(log))]).fit()
     watcher.join(timeout=5)
 
     assert "t" in removed, "the run ended before a worker's node could be removed"
@@ -144,7 +145,7 @@ def test_tune_trial_is_retried_from_its_checkpoint(cluster, shards, tmp_path):
     ray.init(address=c.address, log_to_driver=False, runtime_env={"env_vars": {
         FAILURE_ENV: f"5:0:{marker}", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}})
     try:
-        results, best = run_sweep("smtc", cfg)
+        results, best = run_sweep(SMTC_METHOD, cfg)
     finally:
         ray.shutdown()
         ray.init(address=c.address, log_to_driver=False)

@@ -3,6 +3,7 @@ or a lower one, and the model, loss and training-step code imports nothing of Ra
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -10,16 +11,18 @@ ROOT = Path(__file__).resolve().parents[1]
 # Lowest first. A module belongs to the layer of the longest prefix that names it.
 LAYERS = [
     ("shards",),
-    ("raytrain.config", "raytrain.runtime", "raytrain.checkpoints", "raytrain.augment", "raytrain.matching"),
+    ("raytrain.config", "raytrain.method", "raytrain.runtime", "raytrain.checkpoints", "raytrain.augment",
+     "raytrain.matching"),
     ("raytrain.models", "raytrain.losses", "raytrain.data"),
     ("raytrain.train",),
     ("raytrain.eval",),
+    ("raytrain.methods",),
     ("raytrain.tune",),
     ("raytrain.cli",),
 ]
 NO_RAY = ("raytrain.models", "raytrain.losses", "raytrain.train.task", "raytrain.train.smtc_task",
           "raytrain.train.stmae_task", "raytrain.augment", "raytrain.matching", "raytrain.config",
-          "raytrain.checkpoints")
+          "raytrain.checkpoints", "raytrain.method")
 
 
 def _layer(module: str) -> int | None:
@@ -81,3 +84,25 @@ def test_the_check_sees_an_upward_import(tmp_path):
     bad.write_text("def f():\n    from raytrain.eval.validate import validate\n")
     assert [_layer(name) for _, name in _imports(bad)] == [_layer("raytrain.eval"), _layer("raytrain.eval")]
     assert _layer("raytrain.eval") > _layer("raytrain.train.loop")
+
+
+METHOD_BRANCH = re.compile(r"""(==|!=)\s*["'](smtc|stmae)["']|["'](smtc|stmae)["']\s*(==|!=|if\b)"""
+                           r"""|\bin \(["'](smtc|stmae)["']|\{["'](smtc|stmae)["']\s*:""")
+
+
+def _method_branches(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if METHOD_BRANCH.search(line)]
+
+
+def test_no_method_branch_outside_the_method_modules():
+    """Method-specific code is asked of the method record (raytrain.methods); nothing else tests a name."""
+    found = [f"{path.relative_to(ROOT)}: {line}"
+             for folder in ("raytrain", "shards", "jobs") for path in sorted((ROOT / folder).rglob("*.py"))
+             if "raytrain/methods" not in path.as_posix() for line in _method_branches(path.read_text())]
+    assert found == []
+
+
+def test_the_method_branch_check_sees_a_branch():
+    assert _method_branches('if job == "smtc":\n    x = {"stmae": 1}\nkind = "smtc" if d else "vit"\n') == [
+        'if job == "smtc":', 'x = {"stmae": 1}', 'kind = "smtc" if d else "vit"']
+    assert _method_branches('METHOD = Method(name="smtc")\nrun_state(source, "smtc")\n') == []

@@ -31,7 +31,7 @@ def data(ray_local, tmp_path_factory):
 
 
 def _cfg(kind, **kw):
-    base = dict(kind=kind, seed=0, rank=0, world_size=1, batch_size=4, steps=6, clips_per_video=2,
+    base = dict(sampler={"smtc": "gap", "stmae": "max_skip"}[kind], seed=0, rank=0, world_size=1, batch_size=4, steps=6, clips_per_video=2,
                 num_frames=4, size=32)
     return StreamConfig(**{**base, **kw})
 

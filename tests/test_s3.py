@@ -30,6 +30,7 @@ from conftest import make_bucket, pack_serially, private_cluster, s3_server
 from raytrain.checkpoints import load_checkpoint
 from raytrain.config import SMTCSweepConfig, parse
 from raytrain.tune import run_sweep
+from raytrain.methods.smtc import METHOD as SMTC_METHOD
 from shards.synth import write_davis, write_ytvos
 
 pytestmark = pytest.mark.slow
@@ -200,11 +201,11 @@ def test_a_sweep_on_s3_is_interrupted_and_restored(s3):
     with private_cluster({"num_cpus": 4, "include_dashboard": True, "object_store_memory": int(1e9)}):
         watcher = threading.Thread(target=interrupt_after_first_checkpoint, daemon=True)
         watcher.start()
-        results, _ = run_sweep("smtc", cfg)
+        results, _ = run_sweep(SMTC_METHOD, cfg)
         watcher.join(timeout=1)
         first = {Path(r.path).name: (r.metrics or {}).get("step") for r in results}
         assert checkpointed and any(step != 4 for step in first.values()), first
-        results, best = run_sweep("smtc", cfg)
+        results, best = run_sweep(SMTC_METHOD, cfg)
     with fs.open_input_stream("raytrain/sweeps/sw/trials.csv") as f:
         rows = list(csv.DictReader(io.StringIO(f.read().decode())))
     assert [r["trial"] for r in rows] == ["trial_000"]

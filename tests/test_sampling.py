@@ -106,7 +106,7 @@ def _source(root="/data/shards", weight=1, layout=None, split=None, **kw):
 
 
 def _cfg(**kw):
-    base = dict(kind="smtc", seed=3, rank=0, world_size=1, batch_size=4, steps=50, clips_per_video=2,
+    base = dict(sampler="gap", seed=3, rank=0, world_size=1, batch_size=4, steps=50, clips_per_video=2,
                 num_frames=4, size=64, shard_window=2)
     return StreamConfig(**{**base, **kw})
 
@@ -191,7 +191,7 @@ def test_each_source_keeps_its_layout_rule():
     davis = _source("/data/davis", layout="davis", split="train", prefix="d", step=1)
     yt = _source("/data/yt", layout="ytvos", split="train", prefix="y", step=1)
     assert {v.stride for vs in davis.videos + yt.videos for v in vs} == {1, 5}
-    cfg = _cfg(kind="stmae", num_frames=6, steps=60, max_skip=(10,), max_skip_at=(0.0,))
+    cfg = _cfg(sampler="max_skip", num_frames=6, steps=60, max_skip=(10,), max_skip_at=(0.0,))
     clips = _stream(ClipSource.mix([davis, yt]), cfg)
     jumps = {p: max(max(np.diff(c.frame_idx)) for c in clips if c.video.startswith(p)) for p in "dy"}
     assert jumps["y"] == 2 and 2 < jumps["d"] <= 10
@@ -209,7 +209,7 @@ def test_resume_over_a_mixture_is_exact():
 
 def test_stmae_plan_uses_max_skip_schedule_and_needs_annotated_first_frame():
     src = _source(annotate_first=False)
-    cfg = _cfg(kind="stmae", num_frames=6, steps=40, max_skip=(5, 25), max_skip_at=(0.0, 0.5))
+    cfg = _cfg(sampler="max_skip", num_frames=6, steps=40, max_skip=(5, 25), max_skip_at=(0.0, 0.5))
     clips = _stream(src, cfg)
     assert all(c.frame_idx[0] == 0 for c in clips)
     assert not any(c.video.endswith("0") for c in clips)  # video 0 of each shard lacks frame-0 masks

@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from raytrain.eval import davis, score
-from shards.synth import DAVIS_PALETTE, write_davis
+from shards.palettes import DAVIS_PALETTE
+from shards.synth import write_davis
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,8 +6,9 @@ import io
 import pytest
 import torch
 
+from raytrain.augment import normalize_uint8
 from raytrain.config import STMAEConfig
-from raytrain.train.stmae_task import (OneShotReconstruction, STMAETask, lr_at, normalise, sample_references,
+from raytrain.train.stmae_task import (OneShotReconstruction, STMAETask, lr_at, sample_references,
                                       step_generator)
 
 torch.set_num_threads(2)
@@ -145,7 +146,7 @@ def test_random_encoders_get_batchnorm_statistics_from_the_first_batch(tmp_path)
     memory softmax. The first batch sets the statistics, once; a resumed run keeps the checkpoint's."""
     batch = make_batch(1)
     task = STMAETask(tiny_cfg(), "cpu")
-    frames = normalise(batch["frames"][0])
+    frames = normalize_uint8(batch["frames"][0])
     with torch.no_grad():
         before = task.model.encode_key(frames)[0].std().item()
     assert all(torch.equal(t, torch.zeros_like(t) if i % 2 == 0 else torch.ones_like(t))

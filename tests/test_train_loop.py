@@ -19,6 +19,7 @@ from raytrain.cli.checks import check_resume
 from raytrain.config import SMTCConfig, STMAEConfig
 from raytrain.checkpoints import CKPT_PREFIX, STATE_FILE, load_checkpoint_state, remove_stale_checkpoint_folders
 from raytrain.train.loop import CLIP_LOG_ENV, FAILURE_ENV, fit
+from raytrain.methods import get
 from shards.errors import UsageError
 
 pytestmark = pytest.mark.slow
@@ -43,7 +44,7 @@ def _run_with_a_killed_worker(cfg, tmp_path, kill_at):
     marker = tmp_path / "killed"
     os.environ[FAILURE_ENV] = f"{kill_at}:1:{marker}"
     try:
-        result = fit("smtc" if isinstance(cfg, SMTCConfig) else "stmae", cfg)
+        result = fit(get("smtc" if isinstance(cfg, SMTCConfig) else "stmae"), cfg)
     finally:
         del os.environ[FAILURE_ENV]
     assert marker.exists(), "the failure was not injected"
@@ -72,7 +73,7 @@ def test_run_resumes_after_a_killed_worker_and_on_resubmission(job, shards, tmp_
     assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
     assert losses[12] < losses[2], f"loss did not fall: {losses}"
 
-    more = fit(job, dataclasses.replace(cfg, steps=16))  # resubmitting the same run name resumes it
+    more = fit(get(job), dataclasses.replace(cfg, steps=16))  # resubmitting the same run name resumes it
     state = load_checkpoint_state(more.checkpoint.path)
     assert state["step"] == 16 and state["starts"] == [0, 4, 12]
     if job == "stmae":  # BatchNorm statistics: set once from the first batch, kept through both resumes
@@ -104,14 +105,14 @@ def test_a_run_resumed_on_fewer_workers_trains_on_the_same_clips(shards, tmp_pat
         folder = tmp_path / log
         folder.mkdir(exist_ok=True)
         monkeypatch.setenv(CLIP_LOG_ENV, str(folder))
-        fit("smtc", dataclasses.replace(cfg, name=name, **changes))
+        fit(get("smtc"), dataclasses.replace(cfg, name=name, **changes))
 
     run("whole", "whole")
     run("moved", "moved", steps=3)
     resumed = dataclasses.replace(cfg, name="moved", num_workers=1, global_batch_size=4)
-    check_resume("smtc", resumed)  # the driver accepts it: the global batch is the same
+    check_resume(get("smtc"), resumed)  # the driver accepts it: the global batch is the same
     with pytest.raises(UsageError, match=r"--num_workers 2 -> 1 \(global batch 4 -> 2 clips; --global_batch_size 4"):
-        check_resume("smtc", dataclasses.replace(resumed, global_batch_size=0))
+        check_resume(get("smtc"), dataclasses.replace(resumed, global_batch_size=0))
     run("moved", "moved", num_workers=1, global_batch_size=4)
 
     whole, moved = _clip_log(tmp_path / "whole"), _clip_log(tmp_path / "moved")

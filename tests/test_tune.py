@@ -21,13 +21,15 @@ from raytrain.config import SMTCConfig, SMTCSweepConfig, STMAEConfig, STMAESweep
 from raytrain.checkpoints import load_checkpoint_state
 from raytrain.tune import (check, format_table, max_concurrent, plot_png, run_sweep, search_space, table_csv,
                            trial_config, trial_name)
+from raytrain.methods.smtc import METHOD as SMTC_METHOD
+from raytrain.methods.stmae import METHOD as STMAE_METHOD
 from shards.pack import pack
 from shards.synth import write_davis, write_ytvos
 
 
 def test_flags_become_the_search_space():
     cfg = parse(SMTCSweepConfig, ["--num_slots", "8", "32", "--num_instance", "4", "--lr", "1e-5", "1e-3"])
-    space = search_space(cfg, "smtc")
+    space = search_space(cfg)
     assert space["num_slots"].categories == [8, 32]
     assert space["num_instance"] == 4  # one value: fixed
     assert space["gap"].categories == [2, 4]  # the default choices
@@ -35,30 +37,30 @@ def test_flags_become_the_search_space():
     assert (lr.lower, lr.upper) == (1e-5, 1e-3)
     assert type(lr.get_sampler()) is type(ray.tune.loguniform(1.0, 2.0).get_sampler())
 
-    space = search_space(parse(STMAESweepConfig, ["--lr", "3e-5"]), "stmae")
+    space = search_space(parse(STMAESweepConfig, ["--lr", "3e-5"]))
     assert space["lr"] == 3e-5
     assert space["num_ref_frames"].categories == [2, 3] and space["num_frames"].categories == [6, 8]
 
 
 def test_bad_sweep_flags_are_rejected():
     with pytest.raises(ValueError, match="--lr"):
-        check(parse(SMTCSweepConfig, ["--lr", "1e-5", "1e-4", "1e-3", "--metric", "loss"]), "smtc")
+        check(parse(SMTCSweepConfig, ["--lr", "1e-5", "1e-4", "1e-3", "--metric", "loss"]), SMTC_METHOD)
     with pytest.raises(ValueError, match="--val_data"):
-        check(parse(SMTCSweepConfig, []), "smtc")  # val_jf without validation data
+        check(parse(SMTCSweepConfig, []), SMTC_METHOD)  # val_jf without validation data
     with pytest.raises(ValueError, match="--mode"):
-        check(parse(STMAESweepConfig, ["--metric", "loss", "--mode", "lowest"]), "stmae")
+        check(parse(STMAESweepConfig, ["--metric", "loss", "--mode", "lowest"]), STMAE_METHOD)
 
 
 def test_trial_config_reports_a_checkpoint_and_the_metric_at_every_report():
     cfg = parse(SMTCSweepConfig, ["--steps", "100", "--checkpoint_every", "20", "--log_every", "5",
                                   "--resolution", "64", "--num_samples", "3"])
-    base = trial_config(cfg, "smtc")
+    base = trial_config(cfg)
     assert base["log_every"] == 20 and base["steps"] == 100 and base["resolution"] == 64
     assert not {"num_slots", "lr", "num_samples", "metric"} & set(base)
     trial = from_dict(SMTCConfig, {**base, "num_slots": 8, "num_instance": 2, "gap": 4, "lr": 1e-4})
     assert (trial.num_slots, trial.lr, trial.checkpoint_every) == (8, 1e-4, 20)
 
-    base = trial_config(parse(STMAESweepConfig, ["--max_skip", "3", "--max_skip_at", "0"]), "stmae")
+    base = trial_config(parse(STMAESweepConfig, ["--max_skip", "3", "--max_skip_at", "0"]))
     trial = from_dict(STMAEConfig, {**base, "lr": 1e-5, "num_ref_frames": 2, "num_frames": 6})
     assert trial.max_skip == [3] and trial.num_frames == 6
 
@@ -132,13 +134,13 @@ def test_sweep_is_interrupted_restored_and_summarized(ray_head, tmp_path, capsys
 
     watcher = threading.Thread(target=interrupt_after_first_checkpoint, daemon=True)
     watcher.start()
-    results, _ = run_sweep("smtc", cfg)
+    results, _ = run_sweep(SMTC_METHOD, cfg)
     watcher.join(timeout=1)
     assert "the sweep was interrupted" in capsys.readouterr().out
     first = {Path(r.path).name: r.metrics.get("step") for r in results}
     assert sorted(first) == ["trial_000", "trial_001"] and min(s or 0 for s in first.values()) < 4
 
-    results, best = run_sweep("smtc", cfg)
+    results, best = run_sweep(SMTC_METHOD, cfg)
     out = capsys.readouterr().out
     assert "restoring the sweep" in out and "the sweep was interrupted" not in out
     rows = list(csv.DictReader((sweep / "trials.csv").open()))

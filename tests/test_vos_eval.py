@@ -17,7 +17,8 @@ import davis_reference as ref
 from raytrain.eval import vos
 from raytrain.cli.evaluate import main_stmae
 from raytrain.models.stmae import STMAE
-from shards.synth import DAVIS_PALETTE, YTVOS_PALETTE, write_davis2016, write_ytvos
+from shards.palettes import DAVIS_PALETTE, YTVOS_PALETTE
+from shards.synth import write_davis2016, write_ytvos
 
 FAST = ["--serial", "--size", "32", "--overlays", "1"]
 

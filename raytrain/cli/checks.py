@@ -6,7 +6,6 @@ trained with compatible flags. Each failure is a UserError naming the flag or fi
 from __future__ import annotations
 
 import os
-import warnings
 from typing import Any
 
 import pyarrow.fs as pafs
@@ -16,31 +15,24 @@ from raytrain.checkpoints import CheckpointError, load_checkpoint, newest_manife
 from raytrain.config import check_flags, config_changes
 from raytrain.data import plan
 from raytrain.data.sources import load_source, parse_data
-from raytrain.models.resnet_weights import load_resnet
-from raytrain.models.smtc import INSTANCE_MASKS
-from raytrain.models.stmae import SIMILARITIES, STMAE
-from raytrain.models.vit import vit_small
-from raytrain.models.weights import load_vit_weights
+from raytrain.method import Method
 from raytrain.runtime import run_dir, run_location
-from raytrain.train.loop import stream_config, stream_mismatch
 from shards.cluster import cluster_address
 from shards.errors import UsageError, UserError, naming, storage_problem
 from shards.layout import list_videos, resolve
 from shards.paths import local_path, output_entries, refuse_overlap
 
 
-def check_data(job: str, cfg: Any) -> None:
-    """Every source of `--data` holds a shard index with videos the job's clip sampler can use."""
+def check_data(method: Method, cfg: Any) -> None:
+    """Every source of `--data` holds a shard index with videos the method's clip sampler can use."""
     source = load_source(cfg.data)
-    scfg = stream_config(job, cfg, 0, cfg.num_workers)
-    need = (f"{plan.sampling.smtc_min_length(cfg.num_frames)} frames" if job == "smtc"
-            else f"{cfg.num_frames} frames and an annotated first frame")
+    scfg = plan.stream_config(method, cfg, 0, cfg.num_workers)
     for i, root in enumerate(source.roots):
         shards = [s for s, owner in enumerate(source.shard_source) if owner == i]
         if not any(plan.clips_in_shard(source, s, scfg) for s in shards):
             videos = sum(len(source.videos[s]) for s in shards)
             raise UserError(f"--data {root}: none of its {videos} videos can give a {cfg.num_frames}-frame "
-                            f"{job} clip (a video needs {need}; see --num_frames)")
+                            f"{method.name} clip (a video needs {plan.clip_need(scfg)}; see --num_frames)")
     too_big = plan.round_problem(source, scfg)
     if too_big:
         raise UsageError(f"--data: {too_big}")
@@ -58,31 +50,11 @@ def check_val_data(cfg: Any) -> None:
                         f"validation needs: {', '.join(partial)}")
 
 
-def check_weights(job: str, cfg: Any) -> None:
-    """Every weights flag names a file that loads into the module it is for (keys and shapes, read here)."""
-    if not (cfg.dino_path if job == "smtc" else cfg.resnet50_path or cfg.resnet18_path):
-        return
-    with torch.device("meta"):  # shapes only: nothing is allocated
-        model = vit_small() if job == "smtc" else STMAE()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # loading into meta tensors is a no-op, and torch says so per tensor
-        if job == "smtc":
-            with naming("--dino_path", cfg.dino_path):
-                load_vit_weights(model, cfg.dino_path)
-        if job == "stmae":
-            for flag, path, part, rename in (("--resnet50_path", cfg.resnet50_path, model.key_encoder,
-                                              {"layer1": "res2"}),
-                                             ("--resnet18_path", cfg.resnet18_path, model.value_encoder, None)):
-                if path:
-                    with naming(flag, path):
-                        load_resnet(part, path, rename=rename)
-
-
-def check_resume(job: str, cfg: Any) -> None:
+def check_resume(method: Method, cfg: Any) -> None:
     """A run folder that holds checkpoints is resumed: its newest intact checkpoint must come from the same job
     and, unless --allow_config_change, from the same flags (those that change what is trained). On any
     storage, from the checkpoint's manifest (small), not its state."""
-    run = run_location(cfg, job)
+    run = run_location(cfg, method.name)
     try:
         found = newest_manifest(run, lambda why: print(why, flush=True))
     except CheckpointError as e:
@@ -91,12 +63,13 @@ def check_resume(job: str, cfg: Any) -> None:
         return
     newest, saved = found
     name = newest.rstrip("/").rsplit("/", 1)[-1]
-    if saved.get("job") != job:
-        raise UserError(f"--name {run_dir(cfg, job)[1]}: {run} holds a {saved.get('job')!r} run, not {job!r}")
+    if saved.get("job") != method.name:
+        raise UserError(f"--name {run_dir(cfg, method.name)[1]}: {run} holds a {saved.get('job')!r} run, not "
+                        f"{method.name!r}")
     changes = config_changes({**saved.get("config", {}), **({} if cfg.data else {"data": cfg.data})}, cfg)
     if not changes and "sampler" not in saved:  # a manifest written before it recorded the clip stream
         saved = load_checkpoint(newest)
-    why = stream_mismatch(saved.get("sampler"), cfg) if not changes else None
+    why = plan.stream_mismatch(saved.get("sampler"), cfg) if not changes else None
     if why:
         changes = [f"the clip stream ({why})"]
     if changes and not cfg.allow_config_change:
@@ -122,10 +95,10 @@ def check_storage(flag: str, location: str) -> None:
         raise UserError(f"{flag} {location}: {storage_problem(e)}") from None
 
 
-def check_run_folder(job: str, cfg: Any) -> None:
+def check_run_folder(method: Method, cfg: Any) -> None:
     """A local --storage_path is a folder (or can be made: no file on its way) that can be written, and the run
     folder keeps clear of what the run reads (--data, --val_data). A URI's bucket: `check_storage`."""
-    storage = run_dir(cfg, job)[0]
+    storage = run_dir(cfg, method.name)[0]
     local = local_path(storage)
     if local is not None:
         output_entries("--storage_path", local)  # a file, or under one
@@ -134,7 +107,7 @@ def check_run_folder(job: str, cfg: Any) -> None:
             parent = os.path.dirname(parent)
         if not os.access(parent, os.W_OK | os.X_OK):
             raise UserError(f"--storage_path {storage}: cannot write there ({parent} is not writable)")
-    run = run_location(cfg, job)
+    run = run_location(cfg, method.name)
     refuse_overlap("--storage_path/--name", run,
                    [("--data", path) for path in _data_folders(cfg)] + [("--val_data", cfg.val_data)])
 
@@ -146,15 +119,16 @@ def _data_folders(cfg: Any) -> list[str]:
         return []  # malformed: check_data says how
 
 
-def check_steps(job: str, cfg: Any) -> None:
+def check_steps(method: Method, cfg: Any) -> None:
     """A resumed run must have steps left: --steps below the step of its newest checkpoint is refused (it would
     stop at once and report the checkpoint's step "of" the smaller --steps)."""
-    found = newest_manifest(run_location(cfg, job))
+    run = run_location(cfg, method.name)
+    found = newest_manifest(run)
     if found is None:
         return
     step = found[1].get("step")
     if isinstance(step, int) and cfg.steps < step:
-        raise UsageError(f"--steps {cfg.steps}: run {run_location(cfg, job)} is already at step {step} (its newest "
+        raise UsageError(f"--steps {cfg.steps}: run {run} is already at step {step} (its newest "
                          f"checkpoint); give --steps {step} or more to go on, or another --name for a new run")
 
 
@@ -175,27 +149,23 @@ def check_private_workers(cfg: Any) -> None:
                      f"the workers run here: give {fix}")
 
 
-def check_training(job: str, cfg: Any, resume: bool = True) -> None:
+def check_training(method: Method, cfg: Any, resume: bool = True) -> None:
     """Everything a training run (or every trial of a sweep) can be refused for before Ray starts."""
     check_flags(cfg)
-    if job == "smtc" and cfg.instance_mask not in INSTANCE_MASKS:
-        raise UsageError(f"--instance_mask must be one of {', '.join(INSTANCE_MASKS)}, got {cfg.instance_mask!r}")
-    if job == "stmae" and cfg.similarity not in SIMILARITIES:
-        raise UsageError(f"--similarity must be one of {', '.join(SIMILARITIES)}, got {cfg.similarity!r}")
     if cfg.use_gpu and cluster_address() is None and not torch.cuda.is_available():
         raise UsageError("--use_gpu: this machine has no GPU that torch can use, and no Ray cluster to join "
                          "(RAY_ADDRESS or `ray start`)")
-    check_storage("--storage_path", run_dir(cfg, job)[0])
-    check_run_folder(job, cfg)
+    check_storage("--storage_path", run_dir(cfg, method.name)[0])
+    check_run_folder(method, cfg)
     check_private_workers(cfg)
     if cfg.data:
-        check_data(job, cfg)
+        check_data(method, cfg)
     if cfg.val_data:
         check_val_data(cfg)
-    check_weights(job, cfg)
+    method.check_weights(cfg)
     if resume:
-        check_resume(job, cfg)
-        check_steps(job, cfg)
+        check_resume(method, cfg)
+        check_steps(method, cfg)
 
 
 def check_resources(cfg: Any) -> None:

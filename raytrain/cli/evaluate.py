@@ -19,25 +19,20 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from raytrain.config import (SMALL_EVAL_SMTC, SMALL_EVAL_STMAE, EvalConfig, EvalSMTCConfig, EvalSTMAEConfig,
-                             check_flags, with_small)
-from raytrain.eval.discovery import MODES, OFFICIAL, PROTOCOL_NOTE, DiscoverySettings, discover_video
+from raytrain.config import EvalConfig, check_flags, with_small
+from raytrain.eval.discovery import OFFICIAL, PROTOCOL_NOTE, DiscoverySettings, discover_video
 from raytrain.eval.distributed import run_serial, run_videos
-from raytrain.eval.models import RANDOM_WARNING, ModelSpec, build_model, smtc_spec, stmae_spec
-from raytrain.eval.overlay import FORMATS
+from raytrain.eval.models import RANDOM_WARNING, ModelSpec, build_model
 from raytrain.eval.propagation import PRESETS, propagation_video
 from raytrain.eval.report import MaskWriter, finish, output_folder, upload
 from raytrain.eval.video_io import VideoResult, partial_ground_truth
-from raytrain.eval.vos import DATASETS, VOSSettings, is_youtube, list_vos_videos, mask_folder, segment_video, write_submission
-from raytrain.models.smtc import INSTANCE_MASKS
-from raytrain.models.stmae import SIMILARITIES
+from raytrain.eval.vos import VOSSettings, is_youtube, list_vos_videos, mask_folder, segment_video, write_submission
+from raytrain.method import Method
+from raytrain.methods import smtc, stmae
 from shards.cluster import init_ray
 from shards.errors import UsageError, UserError, naming
 from shards.cache import synthetic_davis, synthetic_vos
 from shards.layout import list_videos
-
-TASKS = ("propagation", "discovery")
-
 
 def evaluate(cfg: EvalConfig, spec: ModelSpec, work: Callable, items: Sequence, writer: MaskWriter
         ) -> tuple[list[VideoResult], float]:
@@ -57,21 +52,19 @@ def evaluate(cfg: EvalConfig, spec: ModelSpec, work: Callable, items: Sequence, 
     return results, time.perf_counter() - start
 
 
-def _prepare(cls: type, argv: Sequence[str] | None, small: dict[str, Any]) -> Any:
-    cfg, overrides = with_small(cls, argv, small)
+def _prepare(method: Method, argv: Sequence[str] | None) -> Any:
+    cfg, overrides = with_small(method.eval_config, argv, method.small_eval)
     if not cfg.data:
         print(f"no --data given: evaluating on a small synthetic data set ({overrides})", flush=True)
     check_flags(cfg)
-    if cfg.overlay_format not in FORMATS:
-        raise UsageError(f"--overlay_format must be one of {', '.join(FORMATS)}, got {cfg.overlay_format!r}")
     return cfg
 
 
-def _spec(cfg: Any, make: Callable[[Any], ModelSpec]) -> ModelSpec:
+def _spec(cfg: Any, method: Method) -> ModelSpec:
     """The model spec, its weights read and checked here; errors name the weights flag."""
     flag = "--checkpoint" if cfg.checkpoint or not getattr(cfg, "dino_path", "") else "--dino_path"
     with naming(flag, cfg.checkpoint or getattr(cfg, "dino_path", "")):
-        spec = make(cfg)
+        spec = method.eval_model(cfg)
     if spec.random:
         print(RANDOM_WARNING, flush=True)
     return spec
@@ -91,12 +84,8 @@ def _refuse_partial_ground_truth(data: str, videos: Sequence) -> None:
 
 def main_smtc(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """`python jobs/eval_smtc.py [flags]`: SMTC label propagation or object discovery on DAVIS-2017."""
-    cfg = _prepare(EvalSMTCConfig, argv, SMALL_EVAL_SMTC)
-    for flag, value, choices in (("task", cfg.task, TASKS), ("preset", cfg.preset, PRESETS),
-                                 ("mode", cfg.mode, MODES), ("instance_mask", cfg.instance_mask, INSTANCE_MASKS)):
-        if value not in choices:
-            raise UsageError(f"--{flag} must be one of {', '.join(choices)}, got {value!r}")
-    spec = _spec(cfg, smtc_spec)
+    cfg = _prepare(smtc.METHOD, argv)
+    spec = _spec(cfg, smtc.METHOD)
     data = cfg.data or synthetic_davis(cfg.seed)
     discovery = cfg.task == "discovery"
     with naming("--data", data):
@@ -129,11 +118,8 @@ def main_smtc(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 def main_stmae(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """`python jobs/eval_stmae.py [flags]`: STMAE on DAVIS-2016/2017 or YouTube-VOS 2018/2019."""
-    cfg = _prepare(EvalSTMAEConfig, argv, SMALL_EVAL_STMAE)
-    for flag, value, choices in (("dataset", cfg.dataset, DATASETS), ("similarity", cfg.similarity, SIMILARITIES)):
-        if value not in choices:
-            raise UsageError(f"--{flag} must be one of {', '.join(choices)}, got {value!r}")
-    spec = _spec(cfg, stmae_spec)
+    cfg = _prepare(stmae.METHOD, argv)
+    spec = _spec(cfg, stmae.METHOD)
     data = cfg.data or synthetic_vos(cfg.dataset, cfg.seed)
     with naming("--data", data):
         items = list_vos_videos(cfg.dataset, data, cfg.split, cfg.imset)

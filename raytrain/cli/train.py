@@ -1,21 +1,17 @@
-"""The training jobs: `jobs/train_smtc.py` and `jobs/train_stmae.py` -> `main(job, argv)`."""
+"""The training jobs: `jobs/train_smtc.py` and `jobs/train_stmae.py` -> `main(method, argv)`."""
 from __future__ import annotations
 
 import dataclasses
 from typing import Any, Sequence
 
-from raytrain.cli.checks import check_resources, check_training
-from raytrain.config import SMALL_TRAIN, TRAIN_CONFIGS, given_fields, with_small
-from raytrain.eval.validate import validate
 from raytrain.checkpoints import CheckpointError, load_checkpoint, read_manifest, storage_uri
+from raytrain.cli.checks import check_resources, check_training
+from raytrain.config import given_fields, with_small
+from raytrain.method import Method
 from raytrain.runtime import run_dir, run_location
-from shards.cluster import init_ray
 from raytrain.train.loop import fit, tensorboard_dir
 from shards.cache import synthetic_shards, synthetic_videos
-
-# SMTC trains on unlabelled YouTube-VOS train frames, STMAE on DAVIS-17 train (first-frame masks only).
-SYNTHETIC = {"smtc": ("ytvos", "train"), "stmae": ("davis", "train")}
-
+from shards.cluster import init_ray
 
 HEADLINES = {"loss": "loss", "val_jf": "val J&F", "val_disc_jf": "discovery J&F"}
 
@@ -43,21 +39,20 @@ def last_state(where: str) -> dict[str, Any]:
         return {}
 
 
-def main(job: str, argv: Sequence[str] | None = None) -> None:
-    """`python jobs/train_<job>.py [flags]`: train on Ray Train and print where the results are."""
-    cls = TRAIN_CONFIGS[job]
-    cfg, small = with_small(cls, argv, SMALL_TRAIN[job])
+def main(method: Method, argv: Sequence[str] | None = None) -> None:
+    """`python jobs/train_<method>.py [flags]`: train on Ray Train and print where the results are."""
+    cfg, small = with_small(method.config, argv, method.small)
     if not cfg.data:
         print(f"no --data given: training on synthetic data with a small configuration ({small})", flush=True)
-    check_training(job, cfg)  # before Ray starts: flags, --data, --val_data, weights, the run being resumed
+    check_training(method, cfg)  # before Ray starts: flags, --data, --val_data, weights, the run being resumed
     init_ray(extra_cpus=cfg.num_workers + 1)
     check_resources(cfg)
     if not cfg.data:
-        cfg = dataclasses.replace(cfg, data=synthetic_shards(*SYNTHETIC[job], seed=cfg.seed))
-        if "val_data" not in given_fields(cls, argv):
+        cfg = dataclasses.replace(cfg, data=synthetic_shards(*method.synthetic, seed=cfg.seed))
+        if "val_data" not in given_fields(method.config, argv):
             cfg = dataclasses.replace(cfg, val_data=synthetic_videos("davis", cfg.seed))
-    result = fit(job, cfg, validate=validate)
-    storage, name = run_dir(cfg, job)
+    result = fit(method, cfg)
+    storage, name = run_dir(cfg, method.name)
     where = storage_uri(result.checkpoint.filesystem, result.checkpoint.path) if result.checkpoint else None
     state = last_state(where) if where else {}
     print(f"\nfinished {name} at step {state.get('step', '?')} of {cfg.steps}")
@@ -66,6 +61,6 @@ def main(job: str, argv: Sequence[str] | None = None) -> None:
     if cfg.val_data:
         print(f"         (J&F on the first {cfg.val_videos} val videos of {cfg.val_data})")
     print(f"checkpoint: {where}")
-    where_tb = tensorboard_dir(run_location(cfg, job))
+    where_tb = tensorboard_dir(run_location(cfg, method.name))
     print(f"logs:       {storage_uri(result.filesystem, result.path)}  (TensorBoard: tensorboard --logdir {where_tb}"
           + (", on the rank-0 node)" if "://" in storage else ")"))

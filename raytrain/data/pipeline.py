@@ -155,7 +155,7 @@ def read_item(src: ClipSource, cfg: StreamConfig, item: Item, health: Any = None
     """One data task's planned clips, with the raw frame (and mask) bytes: the members each shard holds for
     them are read together."""
     clips = _plan(src, cfg).rank_clips(item.step, item.steps)
-    masks = cfg.kind == "stmae"
+    masks = cfg.masks
     members: dict[int, dict[Span, memoryview]] = {}
     for shard in dict.fromkeys(c.shard for c in clips):
         spans = [s for c in clips if c.shard == shard for s in c.jpg + (c.png if masks else ()) if s]
@@ -183,15 +183,15 @@ def decode_clips(clips: list[dict[str, Any]], scfg: StreamConfig, health: Any = 
     Frames are channels-last, N x T x S x S x 3, as decoded: the (cheap) transpose is left to the consumer.
     """
     n, t, s = len(clips), scfg.num_frames, scfg.size
-    stmae = scfg.kind == "stmae"
+    annotated = scfg.masks
     out = {"frames": np.empty((n, t, s, s, 3), np.uint8), "frame_idx": np.empty((n, t), np.int64),
            "position": np.empty(n, np.int64), "video_ordinal": np.empty(n, np.int64)}
-    if stmae:
+    if annotated:
         out |= {"masks": np.empty((n, t, s, s), np.uint8), "num_objects": np.empty(n, np.int64)}
     kept = 0
     for clip in clips:
         try:
-            if not stmae:
+            if not annotated:
                 for i, jpg in enumerate(clip["jpgs"]):
                     out["frames"][kept, i] = decode.smtc_frame(jpg, s)
             else:
@@ -240,8 +240,8 @@ def encoded_clips(clips: list[dict[str, Any]], scfg: StreamConfig, health: Any =
 def clip_bytes(cfg: StreamConfig) -> int:
     """Bytes of one decoded clip in an output block."""
     t, s = cfg.num_frames, cfg.size
-    pixels = t * s * s * (4 if cfg.kind == "stmae" else 3)  # RGB, and the mask for STMAE
-    return pixels + 8 * (t + 2 + (cfg.kind == "stmae"))  # frame_idx, position, video_ordinal (num_objects)
+    pixels = t * s * s * (4 if cfg.masks else 3)  # RGB, and the mask
+    return pixels + 8 * (t + 2 + cfg.masks)  # frame_idx, position, video_ordinal (num_objects)
 
 
 def block_bytes(cfg: StreamConfig) -> int:

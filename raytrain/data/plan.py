@@ -18,12 +18,14 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, replace
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pyarrow as pa
 
+from raytrain.config import global_batch, worker_batch
 from raytrain.data import sampling
+from raytrain.method import Method
 
 PLAN_VERSION = 2  # recorded in checkpoints; 1 was the per-rank shard striding of earlier versions
 # A round's clips are held as arrays, about 24 bytes a clip (a few rounds at once, and twice that while one is
@@ -36,7 +38,9 @@ class StreamConfig:
     """Sampling settings of one rank's clip stream (`batch_size` clips per step: its slice of each global
     batch of `batch_size * world_size` clips)."""
 
-    kind: str  # "smtc" or "stmae"
+    # "gap" (SMTC's clips: `num_frames` frames `gap` apart, whole frames resized to `size`, no masks) or "max_skip"
+    # (STMAE's: frame 0, then random jumps up to the step's max-skip; with masks, cropped and augmented per clip)
+    sampler: str
     seed: int
     rank: int
     world_size: int
@@ -44,7 +48,7 @@ class StreamConfig:
     steps: int
     clips_per_video: int
     num_frames: int
-    size: int  # SMTC frame size / STMAE crop size
+    size: int  # frame size ("gap") / crop size ("max_skip")
     gap: int = 4
     max_skip: tuple[int, ...] = (5,)
     max_skip_at: tuple[float, ...] = (0.0,)
@@ -54,11 +58,12 @@ class StreamConfig:
     shard_window: int = 16
 
     def __post_init__(self) -> None:
-        if self.kind not in ("smtc", "stmae"):
-            raise ValueError(f"unknown clip kind {self.kind!r} (expected 'smtc' or 'stmae')")
-        if self.decode not in ("cpu", "gpu") or (self.decode == "gpu" and self.kind != "smtc"):
-            raise ValueError(f"decode {self.decode!r} for {self.kind} clips: 'cpu', or 'gpu' for SMTC clips only")
-        if self.kind == "smtc" and self.gap < 1:
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"unknown clip sampler {self.sampler!r} (expected one of {', '.join(SAMPLERS)})")
+        if self.decode not in ("cpu", "gpu") or (self.decode == "gpu" and self.masks):
+            raise ValueError(f"decode {self.decode!r} for {self.sampler} clips: 'cpu', or 'gpu' for clips without "
+                             f"masks only")
+        if self.sampler == "gap" and self.gap < 1:
             raise ValueError(f"--gap must be at least 1, got {self.gap}")
         if self.shard_window < 1 or self.clips_per_video < 1 or not 0 <= self.rank < self.world_size:
             raise ValueError(f"shard_window {self.shard_window}, clips_per_video {self.clips_per_video}, rank "
@@ -67,6 +72,49 @@ class StreamConfig:
     @property
     def global_batch(self) -> int:
         return self.batch_size * self.world_size
+
+    @property
+    def masks(self) -> bool:
+        """Whether the clips carry their annotation masks."""
+        return self.sampler == "max_skip"
+
+
+SAMPLERS = ("gap", "max_skip")
+
+
+def stream_config(method: Method, cfg: Any, rank: int, world_size: int) -> StreamConfig:
+    """Rank `rank`'s stream of `world_size` for a training config: its slice of each global batch
+    (`raytrain.config.global_batch`), cut the method's way (`Method.clip`)."""
+    return StreamConfig(seed=cfg.seed, rank=rank, world_size=world_size, batch_size=worker_batch(cfg, world_size),
+                        steps=cfg.steps, clips_per_video=cfg.clips_per_video, num_frames=cfg.num_frames,
+                        decode=cfg.decode, shard_window=cfg.shard_window, **method.clip(cfg))
+
+
+def sampler_state(cfg: Any, world_size: int) -> dict[str, Any]:
+    """What a checkpoint records of the clip stream, for an exact resume."""
+    return {"plan": PLAN_VERSION, "seed": cfg.seed, "global_batch_size": global_batch(cfg), "data": list(cfg.data),
+            "world_size": world_size, "batch_size": worker_batch(cfg, world_size)}
+
+
+def stream_mismatch(saved: dict[str, Any] | None, cfg: Any) -> str | None:
+    """Why a checkpoint's clip stream (its "sampler" state; None: not recorded) cannot be continued with `cfg`;
+    None if it can."""
+    if saved is None:
+        return None
+    if saved.get("plan", 1) != PLAN_VERSION:  # the earlier plan recorded only seed, world_size and batch_size
+        return ("it was trained on the clip plan of an earlier version (each worker striding over the shards), "
+                "which this version does not continue")
+    for key, now in (("seed", cfg.seed), ("global_batch_size", global_batch(cfg))):
+        if saved.get(key) != now:
+            return f"its {key} is {saved.get(key)}, now {now}"
+    return None
+
+
+def clip_need(cfg: StreamConfig) -> str:
+    """What a video needs to give a clip, in words (for refusals)."""
+    if cfg.sampler == "gap":
+        return f"{sampling.smtc_min_length(cfg.num_frames)} frames"
+    return f"{cfg.num_frames} frames and an annotated first frame"
 
 
 Span = tuple[int, int]  # (offset, size) of a member's data in its shard
@@ -162,7 +210,7 @@ class ClipSpec:
 
 def usable(entry: VideoEntry, cfg: StreamConfig) -> bool:
     n = len(entry.frames)
-    if cfg.kind == "smtc":
+    if cfg.sampler == "gap":
         return n >= sampling.smtc_min_length(cfg.num_frames)  # exactly the videos smtc_frames samples from
     return n >= cfg.num_frames and entry.frames[0] in entry.png
 
@@ -223,7 +271,7 @@ class Plan:
             unit_shard += [int(s)] * weight
             unit_rep += range(weight)
         if not unit_shard:
-            raise ValueError(f"{source.root}: no video is long enough for {cfg.num_frames}-frame {cfg.kind} clips")
+            raise ValueError(f"{source.root}: no video is long enough for {cfg.num_frames}-frame clips ({clip_need(cfg)} each)")
         self.unit_shard, self.unit_rep = np.array(unit_shard), np.array(unit_rep)
         self.round_length = int(self.counts[self.unit_shard].sum())  # clips per round
         self._rounds: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
@@ -255,7 +303,7 @@ class Plan:
         entry = self.usable[shard][v]
         step = position // cfg.global_batch
         rng = np.random.default_rng([cfg.seed, rnd, rep, entry.ordinal, j])
-        if cfg.kind == "smtc":
+        if cfg.sampler == "gap":
             idx = sampling.smtc_frames(len(entry.frames), cfg.num_frames, cfg.gap, rng)
         else:
             skip = sampling.max_skip_at(step, cfg.steps, cfg.max_skip, cfg.max_skip_at)

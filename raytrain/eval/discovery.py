@@ -48,7 +48,7 @@ from raytrain.eval.video_io import VideoResult, encode_png, read_clip, read_grou
 from raytrain.eval.metrics import Boundary, bound_pix, f_from_boundaries
 from raytrain.models.smtc import SMTC
 from shards.layout import Video
-from shards.synth import DAVIS_PALETTE
+from shards.palettes import DAVIS_PALETTE
 
 OFFICIAL = "official"
 PAPER = "smtc-paper"

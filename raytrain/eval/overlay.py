@@ -7,7 +7,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from shards.synth import DAVIS_PALETTE
+from shards.palettes import DAVIS_PALETTE
 
 FORMATS = ("gif", "png")
 

@@ -47,13 +47,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from raytrain.augment import IMAGENET_MEAN, IMAGENET_STD
 from raytrain.eval import davis
 from raytrain.eval.video_io import VideoResult, encode_png, read_clip, read_ground_truth, read_png
 from raytrain.models.vit import ViTEncoder
-from shards.synth import DAVIS_PALETTE
+from shards.palettes import DAVIS_PALETTE
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 DINO_STD = (0.228, 0.224, 0.225)  # DINO's eval_video_segmentation.py typo (0.228 for 0.229), kept for exactness
 VOID = 255
 

@@ -26,7 +26,6 @@ Deviations from upstream:
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -34,41 +33,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from raytrain.models.stmae import STMAE, load_checkpoint, readout_masks, similarity, softmax_affinity
+from raytrain.augment import normalize_uint8
+from raytrain.models.stmae import STMAE, readout_masks, similarity, softmax_affinity
 from raytrain.models.stmae_modules import aggregate
-from raytrain.train.stmae_task import normalise
-from shards.synth import DAVIS_PALETTE
 
 Frame = np.ndarray | str | os.PathLike
-
-
-def load_stmae(path: str | os.PathLike, device: torch.device | str = "cpu", similarity: str = "dot") -> STMAE:
-    """STMAE in eval mode on `device` from a checkpoint (released weights, {'network': ...}, task state)."""
-    return load_checkpoint(path, similarity=similarity).to(device).eval()
-
-
-def read_palette(png: str | os.PathLike) -> list[int] | None:
-    """The palette of an indexed annotation PNG (None for a PNG without one)."""
-    with Image.open(png) as im:
-        return im.getpalette() if im.mode == "P" else None
-
-
-def save_masks(masks: Sequence[np.ndarray], out_dir: str | os.PathLike, frame_names: Sequence[str],
-               palette: Sequence[int] | None = None) -> list[Path]:
-    """Write id maps as P-mode PNGs `out_dir/<frame stem>.png` with `palette` (default: VOC/DAVIS)."""
-    if len(masks) != len(frame_names):
-        raise ValueError(f"save_masks: {len(masks)} masks but {len(frame_names)} frame names")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    pal = list(palette) if palette is not None else DAVIS_PALETTE
-    paths = []
-    for mask, name in zip(masks, frame_names):
-        im = Image.fromarray(np.asarray(mask, dtype=np.uint8))
-        im.putpalette(pal)
-        path = out / (Path(name).stem + ".png")
-        im.save(path)
-        paths.append(path)
-    return paths
 
 
 class MaskMemory:
@@ -186,7 +155,7 @@ def propagate_video(model: STMAE, frames: Sequence[Frame], first_masks: dict[int
             outputs.append(np.zeros((h0, w0), np.uint8))
             continue
         hs, ws = _scaled_size(h0, w0, size) if size > 0 else (h0, w0)
-        image = normalise(torch.tensor(rgb, device=device).permute(2, 0, 1))[None]
+        image = normalize_uint8(torch.tensor(rgb, device=device).permute(2, 0, 1))[None]
         if (hs, ws) != (h0, w0):
             image = F.interpolate(image, size=(hs, ws), mode="bilinear", align_corners=False)
         image, pad = _pad16(image)

@@ -14,7 +14,11 @@ does. Serial, in the training process, on the task's device; the model is switch
 """
 from __future__ import annotations
 
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import torch
+from torch import nn
 
 from raytrain.eval.davis import combine
 from raytrain.eval.discovery import DiscoverySettings, discover_video
@@ -36,30 +40,42 @@ def discovery_size(resolution: int) -> tuple[int, int]:
     return resolution, max(16, round(resolution * 5 / 3 / 16) * 16)
 
 
-def validate(job: str, task: Any, cfg: Any) -> dict[str, float]:
-    """Validation metrics of `task.model` on the first `cfg.val_videos` videos of `cfg.val_data`."""
-    if job not in ("smtc", "stmae"):
-        raise ValueError(f"validate: unknown job {job!r}")
-    count = max(cfg.val_videos, 1)
-    videos = list_videos(cfg.val_data, "davis", "val")[:count]
+def _videos(cfg: Any, unsupervised: bool = False) -> list:
+    videos = list_videos(cfg.val_data, "davis", "val", unsupervised=unsupervised)[:max(cfg.val_videos, 1)]
     if not videos:
         raise ValueError(f"--val_data {cfg.val_data}: no videos in ImageSets/2017/val.txt")
-    model = task.model
-    device = next(model.parameters()).device
+    return videos
+
+
+@contextmanager
+def _evaluating(model: nn.Module) -> Iterator[torch.device]:
+    """The model in eval mode (its device given), back in its own mode afterwards."""
     was_training = model.training
     model.eval()
     try:
-        if job == "smtc":
-            scores = [propagation_video(model.encoder, v, device, SMTC_A).scores for v in videos]
-            out = _metrics("val", scores, videos, cfg.val_data)
-            unsup = list_videos(cfg.val_data, "davis", "val", unsupervised=True)[:count]
-            if all(v.annotations for v in unsup):
-                settings = DiscoverySettings(size=discovery_size(cfg.resolution), seed=cfg.seed)
-                scores = [discover_video(model, v, device, settings).scores for v in unsup]
-                out |= _metrics("val_disc", scores, unsup, cfg.val_data)
-            return out
-        settings = VOSSettings(size=cfg.val_size, amp=device.type == "cuda")
-        scores = [segment_video(model, VOSVideo(v, "D17"), device, settings).scores for v in videos]
-        return _metrics("val", scores, videos, cfg.val_data)
+        yield next(model.parameters()).device
     finally:
         model.train(was_training)
+
+
+def validate_smtc(task: Any, cfg: Any) -> dict[str, float]:
+    """SMTC's validation metrics of `task.model` on the first `cfg.val_videos` videos of `cfg.val_data`."""
+    videos = _videos(cfg)
+    with _evaluating(task.model) as device:
+        scores = [propagation_video(task.model.encoder, v, device, SMTC_A).scores for v in videos]
+        out = _metrics("val", scores, videos, cfg.val_data)
+        unsup = _videos(cfg, unsupervised=True)
+        if all(v.annotations for v in unsup):
+            settings = DiscoverySettings(size=discovery_size(cfg.resolution), seed=cfg.seed)
+            scores = [discover_video(task.model, v, device, settings).scores for v in unsup]
+            out |= _metrics("val_disc", scores, unsup, cfg.val_data)
+    return out
+
+
+def validate_stmae(task: Any, cfg: Any) -> dict[str, float]:
+    """STMAE's validation metrics of `task.model` on the first `cfg.val_videos` videos of `cfg.val_data`."""
+    videos = _videos(cfg)
+    with _evaluating(task.model) as device:
+        settings = VOSSettings(size=cfg.val_size, amp=device.type == "cuda")
+        scores = [segment_video(task.model, VOSVideo(v, "D17"), device, settings).scores for v in videos]
+    return _metrics("val", scores, videos, cfg.val_data)

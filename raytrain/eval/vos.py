@@ -37,7 +37,7 @@ from raytrain.eval.video_io import Frames, VideoResult, encode_png, read_ground_
 from raytrain.eval.stmae_vos import propagate_video
 from raytrain.models.stmae import STMAE
 from shards.layout import Video, list_videos, resolve
-from shards.synth import DAVIS_PALETTE, YTVOS_PALETTE
+from shards.palettes import DAVIS_PALETTE, YTVOS_PALETTE
 
 DATASETS = ("D16", "D17", "Y18", "Y19")
 

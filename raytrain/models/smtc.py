@@ -28,10 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from raytrain.config import INSTANCE_MASKS
 from raytrain.models.vit import DIM, PATCH, vit_small
 
 MASK_THRESHOLD = 0.3
-INSTANCE_MASKS = ("logit", "softmax")
 
 
 def check_instance_mask(instance_mask: str) -> str:

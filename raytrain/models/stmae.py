@@ -40,11 +40,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from raytrain.config import SIMILARITIES
 from raytrain.models.stmae_modules import FeatureFusionBlock, UpsampleBlock, aggregate
 from shards.errors import UserError
 
 VALUE_DIM_KEY = "value_encoder.fuser.block2.conv2.weight"
-SIMILARITIES = ("dot", "l2")
 
 
 def check_similarity(kind: str) -> str:

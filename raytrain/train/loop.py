@@ -15,7 +15,7 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import ray
 import ray.train
@@ -23,59 +23,24 @@ import torch
 import torch.distributed as dist
 from ray.train.torch import TorchTrainer
 
-from raytrain.config import TRAIN_CONFIGS, RunConfig, from_dict, global_batch, to_dict, worker_batch
-from raytrain.data.pipeline import BLOCK_BYTES_ENV, DECODE_LOCALITY_ENV, DataHealth, clip_batches
-from raytrain.data.plan import PLAN_VERSION, StreamConfig
-from raytrain.data.sources import load_source
 from raytrain.checkpoints import (CheckpointError, load_checkpoint, newest_state, remove_stale_checkpoint_folders,
                                   write_checkpoint)
+from raytrain.config import RunConfig, from_dict, to_dict
+from raytrain.data.pipeline import BLOCK_BYTES_ENV, DECODE_LOCALITY_ENV, DataHealth, clip_batches
+from raytrain.data.plan import sampler_state, stream_config, stream_mismatch
+from raytrain.data.sources import load_source
+from raytrain.method import Method
 from raytrain.runtime import run_dir, run_location
-from raytrain.train.smtc_task import SMTCTask
-from raytrain.train.stmae_task import STMAETask
 
 log = logging.getLogger("raytrain.train")
 
-TASKS: dict[str, type] = {"smtc": SMTCTask, "stmae": STMAETask}
 FAILURE_ENV = "RAYTRAIN_INJECT_FAILURE"  # "step:rank:marker" — kill that worker once (fault-tolerance tests)
 # Where S3-compatible storage is (MinIO, a loopback test server): passed to the workers, which read shards and
 # checkpoints. Credentials are not passed: nodes get them from their own environment or instance role.
 S3_SETTINGS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
-CLIP_LOG_ENV = "RAYTRAIN_CLIP_LOG"
+CLIP_LOG_ENV = "RAYTRAIN_CLIP_LOG"  # a folder: each rank appends the clips of every batch it trains on (audits)
 # How often an elastic run (--min_workers) checks for room for more workers (Ray Train's default: 60 s).
-RESIZE_INTERVAL_ENV = "RAYTRAIN_RESIZE_INTERVAL_S"  # a folder: each rank appends the clips of every batch it trains on (audits)
-# In-training validation: validate(job, task, cfg) -> {"val_jf": ..., ...}, run on rank 0 at every checkpoint.
-Validate = Callable[[str, Any, Any], dict[str, float]]
-
-
-def stream_config(job: str, cfg: Any, rank: int, world_size: int) -> StreamConfig:
-    """Rank `rank`'s stream of `world_size`: its slice of each global batch (`raytrain.config.global_batch`)."""
-    common = dict(kind=job, seed=cfg.seed, rank=rank, world_size=world_size, batch_size=worker_batch(cfg, world_size),
-                  steps=cfg.steps, clips_per_video=cfg.clips_per_video, num_frames=cfg.num_frames,
-                  decode=cfg.decode, shard_window=cfg.shard_window)
-    if job == "smtc":
-        return StreamConfig(size=cfg.resolution, gap=cfg.gap, **common)
-    return StreamConfig(size=cfg.crop, max_skip=tuple(cfg.max_skip), max_skip_at=tuple(cfg.max_skip_at),
-                        max_objects=cfg.max_objects, finetune_at=cfg.finetune_at, **common)
-
-
-def sampler_state(cfg: Any, world_size: int) -> dict[str, Any]:
-    """What a checkpoint records of the clip stream, for an exact resume."""
-    return {"plan": PLAN_VERSION, "seed": cfg.seed, "global_batch_size": global_batch(cfg), "data": list(cfg.data),
-            "world_size": world_size, "batch_size": worker_batch(cfg, world_size)}
-
-
-def stream_mismatch(saved: dict[str, Any] | None, cfg: Any) -> str | None:
-    """Why a checkpoint's clip stream (its "sampler" state; None: not recorded) cannot be continued with `cfg`;
-    None if it can."""
-    if saved is None:
-        return None
-    if saved.get("plan", 1) != PLAN_VERSION:  # the earlier plan recorded only seed, world_size and batch_size
-        return ("it was trained on the clip plan of an earlier version (each worker striding over the shards), "
-                "which this version does not continue")
-    for key, now in (("seed", cfg.seed), ("global_batch_size", global_batch(cfg))):
-        if saved.get(key) != now:
-            return f"its {key} is {saved.get(key)}, now {now}"
-    return None
+RESIZE_INTERVAL_ENV = "RAYTRAIN_RESIZE_INTERVAL_S"
 
 
 def resume_point(run: str, rank: int) -> tuple[str, dict[str, Any]] | None:
@@ -154,9 +119,10 @@ def _duration(seconds: float) -> str:
     return f"{m // 60}h{m % 60:02d}m" if m >= 60 else f"{m}m{s:02d}s"
 
 
-def progress_line(job: str, step: int, steps: int, metrics: dict[str, float], eta_s: float | None = None) -> str:
-    """`[job] step s/N | loss (terms) | val J&F | clips/s | data wait | skipped | ETA` (what is known)."""
-    parts = [f"[{job}] step {step}/{steps}"]
+def progress_line(method: str, step: int, steps: int, metrics: dict[str, float], eta_s: float | None = None
+                  ) -> str:
+    """`[method] step s/N | loss (terms) | val J&F | clips/s | data wait | skipped | ETA` (what is known)."""
+    parts = [f"[{method}] step {step}/{steps}"]
     if "loss" in metrics:
         terms = " ".join(f"{k[5:]} {v:.3f}" for k, v in sorted(metrics.items()) if k.startswith("loss_"))
         parts.append(f"loss {metrics['loss']:.4f}" + (f" ({terms})" if terms else ""))
@@ -175,9 +141,9 @@ def progress_line(job: str, step: int, steps: int, metrics: dict[str, float], et
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    job = config["job"]
-    cfg = from_dict(TRAIN_CONFIGS[job], config["cfg"])
-    validate: Validate | None = config["validate"] if cfg.val_data else None
+    method: Method = config["method"]
+    cfg = from_dict(method.config, config["cfg"])
+    validate = method.validate if cfg.val_data else None
     route_logs(cfg.verbose)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -185,7 +151,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         remove_stale_checkpoint_folders()  # left on this node by workers killed mid-checkpoint
     device = ray.train.torch.get_device()
     torch.manual_seed(cfg.seed)  # identical initialisation on every rank
-    task = TASKS[job](cfg, device)
+    task = method.task(cfg, device)
 
     step, starts, curve = 0, [], []  # curve: the loss and validation metrics at every report (rank 0)
     found = resume_point(config["run"], rank)
@@ -203,11 +169,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                                   f"flags it was trained with, or --allow_config_change to go on from step {step} "
                                   f"with this version's stream")
         if rank == 0:
-            log.info("[%s] resuming %s from step %d (%s)", job, config["name"], step, where)
+            log.info("[%s] resuming %s from step %d (%s)", method.name, config["name"], step, where)
     starts.append(step)  # where each (re)start of the run began
 
     health = DataHealth.remote()
-    scfg = stream_config(job, cfg, rank, world)
+    scfg = stream_config(method, cfg, rank, world)
     batches = clip_batches(config["source"], scfg, step, health, device, cfg.decode_workers)
 
     first = None
@@ -220,11 +186,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(config["tensorboard_dir"], purge_step=step + 1)  # drop events past the checkpoint
         if step == 0 and validate is not None:  # where the run starts from
-            val = validate(job, task, cfg)
+            val = validate(task, cfg)
             curve.append({"step": 0, **val})
             for k, v in val.items():
                 writer.add_scalar(f"train/{k}", v, 0)
-            log.info(progress_line(job, 0, cfg.steps, val))
+            log.info(progress_line(method.name, 0, cfg.steps, val))
 
     sums: dict[str, float] = defaultdict(float)
     n, wait, t0 = 0, 0.0, time.perf_counter()
@@ -254,20 +220,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         checkpoint = None
         at_checkpoint = step % cfg.checkpoint_every == 0 or step == cfg.steps
         if rank == 0 and at_checkpoint and validate is not None:
-            metrics.update(validate(job, task, cfg))
+            metrics.update(validate(task, cfg))
         if rank == 0:
             curve.append({k: v for k, v in metrics.items() if k in ("step", "loss") or k.startswith("val_")})
         if rank == 0 and at_checkpoint:
             checkpoint = ray.train.Checkpoint.from_directory(write_checkpoint(
                 {"task": task.state_dict(), "step": step, "curve": curve, "starts": starts, "config": to_dict(cfg),
-                 "sampler": sampler_state(cfg, world), "job": job}))
+                 "sampler": sampler_state(cfg, world), "job": method.name}))
         if writer is not None:
             for k, v in metrics.items():
                 writer.add_scalar(f"train/{k}", v, step)
             writer.flush()
             eta = (time.perf_counter() - started) / (step - first_step) * (cfg.steps - step)
             # Logged, not printed: Ray Train sends a worker's print to the console twice.
-            log.info(progress_line(job, step, cfg.steps, metrics, eta))
+            log.info(progress_line(method.name, step, cfg.steps, metrics, eta))
         # The temp folder is removed once Train has copied it to storage: a long run must not fill the disk.
         ray.train.report(metrics, checkpoint=checkpoint, delete_local_checkpoint_after_upload=True)
         sums.clear()
@@ -284,13 +250,12 @@ def tensorboard_dir(run: str) -> str:
     return str(Path("~/ray_results").expanduser().joinpath(*run.replace("://", "/").split("/"), "tensorboard"))
 
 
-def make_trainer(job: str, cfg: RunConfig, callbacks: list | None = None,
-                 validate: Validate | None = None) -> TorchTrainer:
-    """The TorchTrainer of a training job (DDP over `cfg.num_workers` workers, or elastic down to
-    `cfg.min_workers`); `validate` scores the model on `cfg.val_data` at every checkpoint. The sources of
-    `cfg.data` are read here, once, and shared with the workers through the object store."""
-    storage, name = run_dir(cfg, job)
-    run = run_location(cfg, job)
+def make_trainer(method: Method, cfg: RunConfig, callbacks: list | None = None) -> TorchTrainer:
+    """The TorchTrainer of a training run of `method` (DDP over `cfg.num_workers` workers, or elastic down to
+    `cfg.min_workers`), validating on `cfg.val_data` at every checkpoint when given. The sources of `cfg.data`
+    are read here, once, and shared with the workers through the object store."""
+    storage, name = run_dir(cfg, method.name)
+    run = run_location(cfg, method.name)
     tb_dir = tensorboard_dir(run)
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}
     env = {k: os.environ[k] for k in (FAILURE_ENV, CLIP_LOG_ENV, *S3_SETTINGS) if k in os.environ}
@@ -300,9 +265,8 @@ def make_trainer(job: str, cfg: RunConfig, callbacks: list | None = None,
                if isinstance(workers, tuple) and os.environ.get(RESIZE_INTERVAL_ENV) else {})
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"job": job, "cfg": to_dict(cfg), "name": name, "run": run,
-                           "tensorboard_dir": tb_dir,
-                           "validate": validate, "source": ray.put(load_source(cfg.data))},
+        train_loop_config={"method": method, "cfg": to_dict(cfg), "name": name, "run": run,
+                           "tensorboard_dir": tb_dir, "source": ray.put(load_source(cfg.data))},
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=cfg.use_gpu,
                                                resources_per_worker=resources, **elastic),
         run_config=ray.train.RunConfig(
@@ -313,8 +277,8 @@ def make_trainer(job: str, cfg: RunConfig, callbacks: list | None = None,
     )
 
 
-def fit(job: str, cfg: RunConfig, validate: Validate | None = None) -> ray.train.Result:
-    """Train `job` ("smtc" or "stmae") on Ray Train; resumes if the run name already has checkpoints."""
+def fit(method: Method, cfg: RunConfig) -> ray.train.Result:
+    """Train `method` on Ray Train; resumes if the run name already has checkpoints."""
     if not cfg.data:
         raise ValueError("--data: no shard folder given")
-    return make_trainer(job, cfg, validate=validate).fit()
+    return make_trainer(method, cfg).fit()

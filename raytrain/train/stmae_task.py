@@ -33,21 +33,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
+from raytrain.augment import normalize_uint8
 from raytrain.config import STMAEConfig
 from raytrain.losses.stmae import stmae_loss
 from raytrain.models.resnet_weights import load_resnet
 from raytrain.models.stmae import STMAE
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def normalise(frames: torch.Tensor) -> torch.Tensor:
-    """uint8 RGB (..., 3, H, W) -> ImageNet-normalised float32."""
-    mean = torch.tensor(IMAGENET_MEAN, device=frames.device).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=frames.device).view(3, 1, 1)
-    return (frames.float() / 255 - mean) / std
-
 
 def lr_at(cfg: STMAEConfig, step: int) -> float:
     """cfg.lr, x0.1 from step lr_decay_at * steps on."""
@@ -161,7 +151,7 @@ class STMAETask:
 
     def compute_loss(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
         """Forward pass and loss terms ('loss', 'loss_ce', 'loss_dice') of one batch, with graph."""
-        frames = normalise(batch["frames"])
+        frames = normalize_uint8(batch["frames"])
         first = batch["masks"][:, 0].long()
         num_objects = batch["num_objects"].tolist()
         m = self.cfg.max_objects
