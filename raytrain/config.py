@@ -92,6 +92,11 @@ class RunConfig:
     verbose: bool = flag(False, "show Ray Train's and Ray Data's own INFO lines from the workers")
     allow_config_change: bool = flag(False, "resume a run although flags that change what it trains differ from "
                                             "its checkpoint's (the exact resume is lost)")
+    lr_scaling: str = flag("none", "none: --lr as given | linear: --lr x global batch / the upstream recipe's global "
+                                   "batch (SMTC 128, STMAE 32), as STMAE's README advises for smaller batches",
+                           choices=("none", "linear"))
+
+    REFERENCE_BATCH: ClassVar[int] = 0  # the upstream recipe's global batch, that --lr is meant for
 
     def __post_init__(self) -> None:
         if isinstance(self.data, str):  # a single folder, as configs saved before mixtures hold it
@@ -101,6 +106,8 @@ class RunConfig:
 @dataclass
 class SMTCConfig(RunConfig):
     """SMTC self-supervised training (ICCV 2023) on unlabelled video clips."""
+
+    REFERENCE_BATCH: ClassVar[int] = 128  # upstream: 32 clips per GPU on 4 GPUs
 
     num_slots: int = flag(16, "semantic slots", check=at_least(1))
     num_instance: int = flag(4, "instance slots per semantic slot", check=at_least(1))
@@ -125,6 +132,8 @@ class SMTCConfig(RunConfig):
 @dataclass
 class STMAEConfig(RunConfig):
     """STMAE one-shot VOS training (FAIML 2024): only first-frame masks reach the loss."""
+
+    REFERENCE_BATCH: ClassVar[int] = 32  # upstream: 8 clips per GPU on 4 GPUs
 
     num_frames: int = flag(8, "frames per clip (frame 0 first)", check=at_least(2))
     num_ref_frames: int = flag(3, "reference frames for the backward reconstruction", check=at_least(1))
@@ -165,6 +174,14 @@ class STMAEConfig(RunConfig):
 def global_batch(cfg: Any) -> int:
     """Clips per step over all workers: --global_batch_size, else --batch_size x --num_workers."""
     return cfg.global_batch_size or cfg.batch_size * cfg.num_workers
+
+
+def scaled_lr(cfg: Any) -> float:
+    """The peak learning rate a run trains with: --lr, times global batch / REFERENCE_BATCH with --lr_scaling
+    linear."""
+    if cfg.lr_scaling == "linear":
+        return cfg.lr * global_batch(cfg) / cfg.REFERENCE_BATCH
+    return cfg.lr
 
 
 def worker_batch(cfg: Any, world_size: int) -> int:

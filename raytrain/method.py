@@ -26,6 +26,7 @@ class Method:
     val_metrics: tuple[str, ...]  # what `validate` returns (with --val_data)
     validate: Callable[[Any, Any], dict[str, float]]  # (task, cfg) -> metrics, on the task's device
     check_weights: Callable[[Any], None]  # cfg -> None; raises a UserError naming the weights flag
+    advice: Callable[[Any], list[str]]  # cfg -> warnings: what about the run is likely not what the user meant
     eval_model: Callable[[Any], Any]  # evaluation config -> `raytrain.eval.models.ModelSpec`
     small: dict[str, Any] = field(default_factory=dict)  # the default run's overrides (no --data)
     small_sweep: dict[str, Any] = field(default_factory=dict)

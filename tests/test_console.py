@@ -3,7 +3,12 @@ from __future__ import annotations
 
 import io
 
-from raytrain.cli.train import summary
+import pytest
+
+from raytrain.cli.train import run_lines, summary
+from raytrain.config import SMTCConfig, STMAEConfig, scaled_lr
+from raytrain.methods import get
+from raytrain.train.stmae_task import lr_at
 from raytrain.train.loop import progress_line
 from shards.progress import Progress
 
@@ -36,3 +41,29 @@ def test_progress_in_a_log_is_a_few_plain_lines():
     assert len(lines) == 10  # each tenth of the work, the last one included
     assert lines[-1].startswith("[pack] 50/50 shards") and lines[-1].endswith("(shard 49)")
     assert "ETA" in lines[0] and "ETA" not in lines[-1]
+
+
+def test_a_run_starts_with_its_global_batch_lr_and_warnings():
+    smtc = run_lines(get("smtc"), SMTCConfig(num_workers=2, batch_size=4))
+    assert smtc[0] == ("global batch 8 clips per step (2 workers x 4), lr 2e-05 (the upstream recipe trains smtc at "
+                       "a global batch of 128; --lr_scaling linear scales --lr with the batch)")
+    assert smtc[1].startswith("warning: SMTC: no --dino_path") and len(smtc) == 2
+    assert run_lines(get("smtc"), SMTCConfig(num_workers=4, dino_path="dino.pth")) == [
+        "global batch 128 clips per step (4 workers x 32), lr 2e-05"]
+    stmae = run_lines(get("stmae"), STMAEConfig(global_batch_size=8, num_workers=2, lr_scaling="linear"))
+    assert stmae[0] == ("global batch 8 clips per step (2 workers x 4), lr 5e-06 (--lr 2e-05 x 8 / 32, the "
+                        "recipe's global batch)")
+    assert "does not learn from random keys" in stmae[1] and "--similarity l2" in stmae[1]
+    l2 = run_lines(get("stmae"), STMAEConfig(similarity="l2"))
+    assert "from random weights" in l2[1] and "does not learn" not in l2[1]
+    assert run_lines(get("stmae"), STMAEConfig(resnet50_path="r50.pth", resnet18_path="r18.pth"))[1:] == []
+
+
+def test_linear_lr_scaling_follows_the_global_batch_not_the_workers():
+    assert scaled_lr(STMAEConfig(lr=2e-5)) == 2e-5  # default: --lr as given
+    assert scaled_lr(STMAEConfig(lr=2e-5, lr_scaling="linear", batch_size=8, num_workers=1)) == pytest.approx(5e-6)
+    assert scaled_lr(SMTCConfig(lr=2e-5, lr_scaling="linear", global_batch_size=256, num_workers=8)) == \
+        pytest.approx(4e-5)
+    assert scaled_lr(SMTCConfig(lr=2e-5, lr_scaling="linear", batch_size=32, num_workers=4)) == pytest.approx(2e-5)
+    stmae = STMAEConfig(lr=2e-5, lr_scaling="linear", batch_size=8, num_workers=1, lr_decay_at=0.5, steps=10)
+    assert (lr_at(stmae, 0), lr_at(stmae, 5)) == (pytest.approx(5e-6), pytest.approx(5e-7))  # the task's schedule

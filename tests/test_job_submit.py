@@ -128,6 +128,8 @@ def test_training_job_writes_its_checkpoint_and_a_bad_job_fails(cluster):
     assert checkpoints, run.stdout[-4000:]
     assert load_checkpoint_state(checkpoints[-1])["step"] == steps
     assert f"finished submitted at step {steps} of {steps}" in run.stdout
+    assert "global batch 4 clips per step (2 workers x 2), lr 2e-05" in run.stdout  # said before Ray starts
+    assert "warning: SMTC: no --dino_path" in run.stdout
 
     bad = _submit(c, "train-bad", "python", "jobs/train_smtc.py", "--no_such_flag", "1")
     assert bad.returncode != 0

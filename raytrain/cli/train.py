@@ -6,7 +6,7 @@ from typing import Any, Sequence
 
 from raytrain.checkpoints import CheckpointError, load_checkpoint, read_manifest, storage_uri
 from raytrain.cli.checks import check_resources, check_training
-from raytrain.config import given_fields, with_small
+from raytrain.config import global_batch, given_fields, scaled_lr, with_small
 from raytrain.method import Method
 from raytrain.runtime import run_dir, run_location
 from raytrain.train.loop import fit, tensorboard_dir
@@ -39,12 +39,28 @@ def last_state(where: str) -> dict[str, Any]:
         return {}
 
 
+def run_lines(method: Method, cfg: Any) -> list[str]:
+    """What a run trains with, printed at its start: the global batch and the learning rate, and warnings."""
+    lr = f"lr {scaled_lr(cfg):.4g}"
+    if cfg.lr_scaling == "linear":
+        lr += f" (--lr {cfg.lr:g} x {global_batch(cfg)} / {cfg.REFERENCE_BATCH}, the recipe's global batch)"
+    elif global_batch(cfg) != cfg.REFERENCE_BATCH:
+        lr += (f" (the upstream recipe trains {method.name} at a global batch of {cfg.REFERENCE_BATCH}; "
+               f"--lr_scaling linear scales --lr with the batch)")
+    workers = f"{cfg.num_workers} worker{'s' if cfg.num_workers > 1 else ''}"
+    return [f"global batch {global_batch(cfg)} clips per step ({workers} x {global_batch(cfg) // cfg.num_workers}), "
+            f"{lr}"] + \
+        [f"warning: {line}" for line in method.advice(cfg)]
+
+
 def main(method: Method, argv: Sequence[str] | None = None) -> None:
     """`python jobs/train_<method>.py [flags]`: train on Ray Train and print where the results are."""
     cfg, small = with_small(method.config, argv, method.small)
     if not cfg.data:
         print(f"no --data given: training on synthetic data with a small configuration ({small})", flush=True)
     check_training(method, cfg)  # before Ray starts: flags, --data, --val_data, weights, the run being resumed
+    for line in run_lines(method, cfg):
+        print(line, flush=True)
     init_ray(extra_cpus=cfg.num_workers + 1)
     check_resources(cfg)
     if not cfg.data:

@@ -51,6 +51,14 @@ def _load_smtc(model: nn.Module, path: Path, source: str, state: dict[str, Any] 
         load_vit_weights(model, path)
 
 
+def advice(cfg: SMTCConfig) -> list[str]:
+    """A run without DINO weights: upstream always starts from them."""
+    if cfg.dino_path:
+        return []
+    return ["SMTC: no --dino_path: the ViT-S/16 encoder starts from random weights, where upstream starts from "
+            "DINO's (give --dino_path dino_deitsmall16_pretrain.pth)"]
+
+
 def eval_model(cfg: EvalSMTCConfig) -> ModelSpec:
     """Weights for SMTC propagation (encoder only) or discovery (whole model), read and checked here."""
     if cfg.checkpoint and cfg.dino_path:
@@ -89,6 +97,7 @@ METHOD = Method(
     val_metrics=("val_jf", "val_j", "val_f", "val_disc_jf", "val_disc_j", "val_disc_f"),
     validate=validate_smtc,
     check_weights=check_weights,
+    advice=advice,
     eval_model=eval_model,
     small=dict(steps=60, batch_size=2, num_slots=4, num_instance=2, resolution=128, grad_iter=20,
                checkpoint_every=20, log_every=5, num_workers=2, lr=1e-4),

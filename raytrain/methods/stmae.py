@@ -40,6 +40,21 @@ def check_weights(cfg: STMAEConfig) -> None:
 
 
 
+def advice(cfg: STMAEConfig) -> list[str]:
+    """Encoders without ImageNet weights; with upstream's dot-product keys such a run does not learn."""
+    flags = (("--resnet50_path", cfg.resnet50_path), ("--resnet18_path", cfg.resnet18_path))
+    missing = [flag for flag, path in flags if not path]
+    if not missing:
+        return []
+    which = "that encoder starts" if len(missing) == 1 else "the encoders start"
+    line = f"STMAE: no {' or '.join(missing)}: {which} from random weights, where upstream starts from ImageNet's"
+    if cfg.similarity == "dot" and not cfg.resnet50_path:
+        line += ("; with --similarity dot (upstream's) the memory readout does not learn from random keys "
+                 "(docs/faithfulness.md#stmae): give --resnet50_path resnet50.pth --resnet18_path resnet18.pth, or "
+                 "--similarity l2 to train from scratch")
+    return [line]
+
+
 def eval_model(cfg: EvalSTMAEConfig) -> ModelSpec:
     """STMAE weights (released file, upstream training checkpoint, or a run checkpoint folder)."""
     if not cfg.checkpoint:
@@ -69,6 +84,7 @@ METHOD = Method(
     val_metrics=("val_jf", "val_j", "val_f"),
     validate=validate_stmae,
     check_weights=check_weights,
+    advice=advice,
     eval_model=eval_model,
     small=dict(steps=40, batch_size=2, num_frames=4, num_ref_frames=2, crop=128, checkpoint_every=20, log_every=5,
                num_workers=2, lr=1e-4, lr_decay_at=1.0, similarity="l2"),

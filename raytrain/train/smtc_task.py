@@ -6,7 +6,7 @@ Per step, for uint8 clips B x T x 3 x H x W:
    on CUDA;
 3. loss = L_cons (`bi_cons`) + L_diff (`entro_cons`) + L_inst (`raytrain.losses.smtc`), in float32;
 4. AdamW step with four parameter groups (encoder / rest x decayed / not: biases and 1-D parameters are not
-   decayed), weight decay `cfg.weight_decay`, lr cosine from cfg.lr to 0.1 cfg.lr over cfg.steps without
+   decayed), weight decay `cfg.weight_decay`, lr cosine from `scaled_lr(cfg)` to a tenth of it over cfg.steps without
    warm-up, encoder lr x0 before `grad_iter` and x0.01 after; optional gradient clipping;
 5. EMA of the teacher (momentum `ema_momentum`), encoder excluded.
 
@@ -25,7 +25,6 @@ Deviations from upstream:
 """
 from __future__ import annotations
 
-import logging
 import math
 from typing import Any
 
@@ -36,13 +35,12 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from raytrain.augment import augment_clips
-from raytrain.config import SMTCConfig
+from raytrain.config import SMTCConfig, scaled_lr
 from raytrain.losses.smtc import (RELAXED_TAU, STRICT_TAU, instance_loss, semantic_consistency,
                                   slot_diversity, valid_instances)
 from raytrain.models.smtc import SMTC, SMTCOutput, ema_update, make_teacher
 from raytrain.models.weights import load_vit_weights
 
-log = logging.getLogger(__name__)
 
 ENCODER_LR_SCALE = 0.01
 
@@ -88,15 +86,13 @@ class SMTCTask:
                          instance_mask=cfg.instance_mask)
         if cfg.dino_path:
             load_vit_weights(model.encoder, cfg.dino_path)
-        elif self.rank == 0:
-            log.warning("SMTC: no --dino_path given, the ViT-S/16 encoder starts from random weights")
         self.model = model.to(self.device)
         self.net: nn.Module = self.model
         if initialised and dist.get_world_size() > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = DistributedDataParallel(self.model, device_ids=ids)
         self.teacher = make_teacher(self.model)
-        self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr)
+        self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=scaled_lr(cfg))
         self.tau = STRICT_TAU if cfg.strict_filter else RELAXED_TAU
         self.amp = self.device.type == "cuda"  # bf16 autocast of the forward passes (tests set it on the CPU too)
         self._rng_devices = [] if self.device.type != "cuda" else [
@@ -127,7 +123,7 @@ class SMTCTask:
     def train_step(self, batch: dict[str, Tensor], step: int) -> dict[str, float]:
         frames = batch["frames"]
         self._check(frames)
-        lr = learning_rate(step, self.cfg.lr, self.cfg.steps)
+        lr = learning_rate(step, scaled_lr(self.cfg), self.cfg.steps)
         encoder_scale = encoder_lr_scale(step, self.cfg.grad_iter)
         for i, group in enumerate(self.optimizer.param_groups):
             group["lr"] = lr * (encoder_scale if i < 2 else 1.0)

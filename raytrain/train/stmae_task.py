@@ -34,14 +34,14 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from raytrain.augment import normalize_uint8
-from raytrain.config import STMAEConfig
+from raytrain.config import STMAEConfig, scaled_lr
 from raytrain.losses.stmae import stmae_loss
 from raytrain.models.resnet_weights import load_resnet
 from raytrain.models.stmae import STMAE
 
 def lr_at(cfg: STMAEConfig, step: int) -> float:
-    """cfg.lr, x0.1 from step lr_decay_at * steps on."""
-    return cfg.lr * (0.1 if step >= cfg.lr_decay_at * cfg.steps else 1.0)
+    """The peak lr (`scaled_lr`), x0.1 from step lr_decay_at * steps on."""
+    return scaled_lr(cfg) * (0.1 if step >= cfg.lr_decay_at * cfg.steps else 1.0)
 
 
 def step_generator(seed: int, rank: int, step: int) -> torch.Generator:
@@ -146,7 +146,7 @@ class STMAETask:
                 recon = DistributedDataParallel(recon, device_ids=None if cuda_index is None else [cuda_index],
                                                 broadcast_buffers=False)  # frozen BN: nothing to sync per step
         self.recon = recon
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=scaled_lr(cfg), weight_decay=cfg.weight_decay)
         self.amp = self.device.type == "cuda"
 
     def compute_loss(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
