@@ -110,3 +110,20 @@ def prepare_local_folder(flag: str, path: str) -> None:
         os.remove(probe)
     except OSError as e:
         raise UserError(f"{flag} {path}: cannot write there ({e.strerror or e})") from None
+
+
+def probe_uri(flag: str, uri: str) -> None:
+    """Check that an object can be written under the URI folder `uri` (an S3 bucket that takes reads but
+    refuses writes fails here, not at the upload after the work): one small object, written and removed."""
+    import pyarrow as pa
+
+    from .layout import resolve
+
+    try:
+        fs, folder = resolve(uri)
+        probe = posixpath.join(folder, f".raytrain-probe-{uuid.uuid4().hex[:8]}")
+        with fs.open_output_stream(probe) as f:
+            f.write(b"")
+        fs.delete_file(probe)
+    except (OSError, pa.ArrowException) as e:
+        raise UserError(f"{flag} {uri}: cannot write there ({storage_problem(e)})") from None

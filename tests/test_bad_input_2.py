@@ -301,3 +301,45 @@ def test_pack_takes_jpeg_spellings_warns_of_odd_sizes_and_removes_leftovers(inpu
     rows = {r["video"]: r for r in pq.read_table(out / "index.parquet").to_pylist()}
     assert rows[one.id]["frames"] == one.frames and rows[one.id]["annotated"] == one.frames
     assert sorted(rows) == sorted(v.id for v in videos)
+
+
+def test_an_output_uri_that_refuses_writes_is_named_before_the_work(tmp_path, monkeypatch):
+    """A storage that lists and reads but refuses writes (as a bucket with read-only credentials): the probe
+    that training (--storage_path), evaluation and scoring (--out) run before Ray starts names the flag."""
+    import pyarrow.fs as pafs
+
+    from raytrain.cli import checks
+    from raytrain.eval.report import output_folder
+    from shards import layout
+    from shards.errors import UserError
+
+    class ReadOnly(pafs.FileSystemHandler):
+        def __init__(self, root):
+            self.fs = pafs.SubTreeFileSystem(str(root), pafs.LocalFileSystem())
+
+        def get_type_name(self): return "read-only"
+        def equals(self, other): return False
+        def get_file_info(self, paths): return self.fs.get_file_info(paths)
+        def get_file_info_selector(self, selector): return self.fs.get_file_info(selector)
+        def open_input_stream(self, path): return self.fs.open_input_stream(path)
+        def open_input_file(self, path): return self.fs.open_input_file(path)
+        def normalize_path(self, path): return path
+
+        def _refuse(self, *args, **kwargs):
+            raise OSError("AWS Error ACCESS_DENIED during PutObject operation")
+
+        create_dir = delete_dir = delete_dir_contents = delete_root_dir_contents = delete_file = move = \
+            copy_file = open_output_stream = open_append_stream = _refuse
+
+    (tmp_path / "bucket").mkdir()
+    def resolve(uri):
+        return pafs.PyFileSystem(ReadOnly(tmp_path)), uri.split("://", 1)[1]
+
+    monkeypatch.setattr(layout, "resolve", resolve)
+    monkeypatch.setattr(checks, "resolve", resolve)
+    for check, flag in ((lambda: checks.check_storage("--storage_path", "s3://bucket/runs"), "--storage_path"),
+                        (lambda: output_folder("s3://bucket/eval", "eval/x"), "--out")):
+        with pytest.raises(UserError, match=f"^{flag} s3://bucket/[a-z]+: cannot write there \\(the S3 server "
+                                            "refused the credentials"):
+            check()
+    assert list((tmp_path / "bucket").iterdir()) == []

@@ -20,7 +20,7 @@ from raytrain.runtime import run_dir, run_location
 from shards.cluster import cluster_address
 from shards.errors import UsageError, UserError, naming, storage_problem
 from shards.layout import list_videos, resolve
-from shards.paths import local_path, output_entries, refuse_overlap
+from shards.paths import local_path, output_entries, probe_uri, refuse_overlap
 
 
 def check_data(method: Method, cfg: Any) -> None:
@@ -81,8 +81,8 @@ def check_resume(method: Method, cfg: Any) -> None:
 
 
 def check_storage(flag: str, location: str) -> None:
-    """A URI's bucket exists and answers with these credentials (a local folder is left to Train, which makes
-    it). One line naming the flag, found before Ray starts."""
+    """A URI's bucket exists, answers with these credentials and takes writes (a local folder is left to Train,
+    which makes it). One line naming the flag, found before Ray starts."""
     if "://" not in location:
         return
     fs, path = resolve(location)
@@ -93,6 +93,7 @@ def check_storage(flag: str, location: str) -> None:
         fs.get_file_info(path)
     except OSError as e:
         raise UserError(f"{flag} {location}: {storage_problem(e)}") from None
+    probe_uri(flag, location)
 
 
 def check_run_folder(method: Method, cfg: Any) -> None:

@@ -19,7 +19,7 @@ from raytrain.eval.score import summary_table, write_results
 from raytrain.eval.video_io import VideoResult, decode_png, read_rgb
 from shards.errors import UserError
 from shards.layout import resolve
-from shards.paths import local_path, output_entries, prepare_local_folder, refuse_overlap
+from shards.paths import local_path, output_entries, prepare_local_folder, probe_uri, refuse_overlap
 
 MARKER = ".raytrain-eval"  # written first into an evaluation's output folder: it tells a rerun the folder is its own
 
@@ -101,6 +101,8 @@ def output_folder(out: str, default: str, inputs: Sequence[tuple[str, str]] = ()
     local = local_path(target)
     if local is not None:  # a file:// URI too: found here, not at the upload
         prepare_local_folder("--out", local)
+    else:
+        probe_uri("--out", target)
     folder = Path(tempfile.mkdtemp(prefix="raytrain-eval-out-")) if "://" in out else Path(target)
     (folder / MARKER).write_text(json.dumps({"written_by": "raytrain evaluation"}) + "\n")
     return folder

@@ -32,7 +32,7 @@ import pyarrow.fs as pafs
 from raytrain.eval import davis
 from shards.errors import NotFound, UsageError, UserError
 from shards.layout import resolve
-from shards.paths import local_path, output_entries, prepare_local_folder, refuse_overlap, relation
+from shards.paths import local_path, output_entries, prepare_local_folder, probe_uri, refuse_overlap, relation
 
 TASKS = {"semi": davis.SEMI, "semi-supervised": davis.SEMI, "unsup": davis.UNSUP, "unsupervised": davis.UNSUP}
 
@@ -73,6 +73,8 @@ def check_output(davis_root: str, results: str, out: str = "") -> None:
         local = local_path(results)
         if local is not None and os.path.isdir(local):
             prepare_local_folder("--results (where the CSV files go without --out)", local)
+        elif local is None:
+            probe_uri("--results (where the CSV files go without --out)", results)
         return
     refuse_overlap("--out", out, [("--davis", davis_root), ("--results", results)], allow_same=("--results",))
     if relation(out, results) == "same":
@@ -85,6 +87,8 @@ def check_output(davis_root: str, results: str, out: str = "") -> None:
     local = local_path(out)
     if local is not None:
         prepare_local_folder("--out", local)
+    else:
+        probe_uri("--out", out)
 
 
 def score_sequence(job: SequenceJob) -> davis.SequenceScores:
