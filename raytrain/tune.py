@@ -47,7 +47,7 @@ from raytrain.config import LOG_UNIFORM, SweepOptions, check_flags, from_dict, t
 from raytrain.method import Method
 from raytrain.methods import get
 from raytrain.runtime import run_dir
-from raytrain.train.loop import make_trainer
+from raytrain.train.loop import fatal_error, make_trainer
 from shards.errors import UsageError, UserError, find_user_error
 from shards.layout import resolve
 
@@ -122,7 +122,9 @@ def drive_trial(config: dict[str, Any]) -> None:
     name = ray.tune.get_context().get_trial_name()
     params = {k: config[k] for k in method.searched}
     cfg = from_dict(method.config, {**config["base"], **params, "name": name, "storage_path": config["train_storage"]})
-    make_trainer(method, cfg, callbacks=[TuneReportCallback()]).fit()
+    result = make_trainer(method, cfg, callbacks=[TuneReportCallback()]).fit()
+    if fatal_error(result):
+        raise UserError(fatal_error(result))
 
 
 def max_concurrent(cfg: Any, resources: dict[str, float]) -> int:

@@ -170,6 +170,24 @@ def test_corrupt_frames_and_truncated_shards_are_skipped_and_counted(data, tmp_p
     assert bad_member.split(".")[0] in text and truncated in text
 
 
+def test_a_stream_resumed_where_it_was_goes_on_over_damaged_clips(data, tmp_path):
+    """Dropped clips close up the batches behind them, so step k trains on clips planned later than k: the
+    checkpoint's `next_clip` (rank_index of the clip after the last trained one) resumes exactly there; the
+    step's planned clips would not."""
+    _corrupt(data / "yt_shards", tmp_path / "bad")
+    cfg = _cfg("smtc", steps=8, clips_per_video=6)
+    full = _batches(tmp_path / "bad", cfg)
+    after = [plan.rank_index(cfg, int(b["position"][-1])) + 1 for b in full]  # next_clip after each step
+    # A step after which the stream is ahead of the plan by part of a batch (the resume skips into a slice).
+    k = next(k for k in range(1, 6) if after[k - 1] > k * cfg.batch_size and after[k - 1] % cfg.batch_size)
+    source = ClipSource.from_index(str(tmp_path / "bad"), read_index(str(tmp_path / "bad")))
+    resumed = list(itertools.islice(clip_batches(ray.put(source), cfg, k, start_clip=after[k - 1]), cfg.steps - k))
+    for a, b in zip(full[k:], resumed, strict=True):
+        assert torch.equal(a["position"], b["position"]) and torch.equal(a["frames"], b["frames"])
+    planned = _batches(tmp_path / "bad", cfg, start_step=k)  # what a resume at the step's planned clips trains on
+    assert not torch.equal(planned[0]["position"], full[k]["position"])
+
+
 def test_a_stream_of_only_corrupt_frames_stops_with_an_error(data, tmp_path):
     """Re-planning would start Datasets forever: after a whole round of the shards without a clip, the stream
     stops, naming the data set and what was skipped."""

@@ -18,7 +18,7 @@ from conftest import pack_synthetic
 from raytrain.cli.checks import check_resume
 from raytrain.config import SMTCConfig, STMAEConfig
 from raytrain.checkpoints import CKPT_PREFIX, STATE_FILE, load_checkpoint_state, remove_stale_checkpoint_folders
-from raytrain.train.loop import CLIP_LOG_ENV, FAILURE_ENV, fit
+from raytrain.train.loop import CLIP_LOG_ENV, FAILURE_ENV, fatal_error, fit
 from raytrain.methods import get
 from shards.errors import UsageError
 
@@ -122,6 +122,13 @@ def test_a_run_resumed_on_fewer_workers_trains_on_the_same_clips(shards, tmp_pat
         assert moved[step] == whole[step], f"step {step}"
     state = load_checkpoint_state(next((tmp_path / "runs" / "moved").glob("checkpoint_*")))
     assert state["sampler"]["global_batch_size"] == 4
+
+    # A checkpoint that cannot fit the model these flags build fails the run at once, with the tensor named,
+    # instead of after --max_failures restarts that load it again.
+    result = fit(get("smtc"), dataclasses.replace(cfg, name="moved", steps=8, num_slots=3, max_failures=3,
+                                                  allow_config_change=True))
+    why = fatal_error(result)
+    assert why is not None and "does not fit the model these flags build" in why and "slot" in why, why
 
 
 def test_temp_checkpoints_of_dead_processes_are_removed(tmp_path, monkeypatch):

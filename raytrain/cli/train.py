@@ -9,9 +9,10 @@ from raytrain.cli.checks import check_resources, check_training
 from raytrain.config import global_batch, given_fields, scaled_lr, with_small
 from raytrain.method import Method
 from raytrain.runtime import run_dir, run_location
-from raytrain.train.loop import fit, tensorboard_dir
+from raytrain.train.loop import fatal_error, fit, tensorboard_dir
 from shards.cache import synthetic_shards, synthetic_videos
 from shards.cluster import init_ray
+from shards.errors import UserError
 
 HEADLINES = {"loss": "loss", "val_jf": "val J&F", "val_disc_jf": "discovery J&F"}
 
@@ -68,6 +69,8 @@ def main(method: Method, argv: Sequence[str] | None = None) -> None:
         if "val_data" not in given_fields(method.config, argv):
             cfg = dataclasses.replace(cfg, val_data=synthetic_videos("davis", cfg.seed))
     result = fit(method, cfg)
+    if fatal_error(result):
+        raise UserError(fatal_error(result))
     storage, name = run_dir(cfg, method.name)
     where = storage_uri(result.checkpoint.filesystem, result.checkpoint.path) if result.checkpoint else None
     state = last_state(where) if where else {}

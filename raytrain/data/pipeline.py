@@ -154,7 +154,7 @@ def read_spans(url: str, spans: Iterable[Span], health: Any = None) -> dict[Span
 def read_item(src: ClipSource, cfg: StreamConfig, item: Item, health: Any = None) -> list[dict[str, Any]]:
     """One data task's planned clips, with the raw frame (and mask) bytes: the members each shard holds for
     them are read together."""
-    clips = _plan(src, cfg).rank_clips(item.step, item.steps)
+    clips = _plan(src, cfg).rank_clips(item.step, item.steps)[item.skip:]
     masks = cfg.masks
     members: dict[int, dict[Span, memoryview]] = {}
     for shard in dict.fromkeys(c.shard for c in clips):
@@ -287,7 +287,7 @@ def load_clips(items: dict[str, np.ndarray], *, source: Any, cfg: dict[str, Any]
     finish = encoded_clips if encoded else decode_clips
     cut = 1.1 * block if encoded else 1.1 * block / clip_bytes(scfg)  # bytes, or decoded clips, per chunk
     for i in range(len(items["step"])):
-        item = Item(int(items["step"][i]), int(items["steps"][i]))
+        item = Item(int(items["step"][i]), int(items["steps"][i]), int(items["skip"][i]))
         if audit:
             _audit(audit, scfg, consumer, item)
         chunk: list[dict[str, Any]] = []
@@ -366,8 +366,8 @@ def decode_placement() -> tuple[str | None, bool, str | None]:
 
 
 def clip_batches(source: ClipSource | Any, cfg: StreamConfig, start_step: int = 0, health: Any = None,
-                 device: torch.device | str = "cpu", decode_tasks: int = 0, prefetch_batches: int = 2
-                 ) -> Iterator[dict[str, torch.Tensor]]:
+                 device: torch.device | str = "cpu", decode_tasks: int = 0, prefetch_batches: int = 2,
+                 start_clip: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
     """One rank's endless stream of fixed-size batches of tensors on `device`, from `start_step` on: its slice
     of each planned global batch.
 
@@ -381,6 +381,11 @@ def clip_batches(source: ClipSource | Any, cfg: StreamConfig, start_step: int = 
 
     Its data tasks run on this process's node (`decode_placement`).
 
+    A damaged clip (a frame that does not decode, a missing member) is dropped and the batches close up behind
+    it: every later batch then holds clips planned a little later than its step. `start_clip` (the index in
+    this rank's stream, `plan.rank_index`, of the next clip to train on, as a checkpoint records it) resumes
+    such a stream exactly where it was; without it the stream starts at `start_step`'s planned clips.
+
     With `cfg.decode == "gpu"` (SMTC) the stream carries JPEG bytes and `device_decode` decodes each batch on
     `device`, one batch ahead; "frames" is then contiguous, and a clip that fails to decode there is dropped
     from its batch.
@@ -389,12 +394,16 @@ def clip_batches(source: ClipSource | Any, cfg: StreamConfig, start_step: int = 
     stream = _plan(src, cfg)
     per_item = steps_per_item(src, cfg)
     round_steps = math.ceil(stream.round_length / cfg.global_batch) + 1
+    skip = 0
+    if start_clip is not None:  # where a stream that dropped damaged clips had got to (see the docstring)
+        start_step, skip = divmod(start_clip, cfg.batch_size)
     step, count = start_step, max(cfg.steps - start_step, 1) * 11 // 10 + 1
     dry = 0  # planned steps since the last batch the stream yielded
     node, spill, audit = decode_placement()
     while True:
-        ds = clip_dataset(source, cfg, plan.plan_items(step, count, per_item), health, decode_tasks, node, spill,
-                          audit)
+        ds = clip_dataset(source, cfg, plan.plan_items(step, count, per_item, skip), health, decode_tasks, node,
+                          spill, audit)
+        skip = 0
         tail = None  # the positions of the last batch this Dataset yielded
         if cfg.decode == "gpu":
             encoded = ds.iter_batches(batch_size=cfg.batch_size, drop_last=True, batch_format="numpy",

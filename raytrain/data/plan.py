@@ -90,10 +90,12 @@ def stream_config(method: Method, cfg: Any, rank: int, world_size: int) -> Strea
                         decode=cfg.decode, shard_window=cfg.shard_window, **method.clip(cfg))
 
 
-def sampler_state(cfg: Any, world_size: int) -> dict[str, Any]:
-    """What a checkpoint records of the clip stream, for an exact resume."""
+def sampler_state(cfg: Any, world_size: int, next_clip: Sequence[int] = ()) -> dict[str, Any]:
+    """What a checkpoint records of the clip stream, for an exact resume: `next_clip` is where each rank's
+    stream goes on (`rank_index`; it is ahead of the step's planned clips once damaged clips were dropped)."""
     return {"plan": PLAN_VERSION, "seed": cfg.seed, "global_batch_size": global_batch(cfg), "data": list(cfg.data),
-            "world_size": world_size, "batch_size": worker_batch(cfg, world_size)}
+            "world_size": world_size, "batch_size": worker_batch(cfg, world_size),
+            "next_clip": [int(n) for n in next_clip]}
 
 
 def stream_mismatch(saved: dict[str, Any] | None, cfg: Any) -> str | None:
@@ -243,16 +245,24 @@ def round_problem(source: ClipSource, cfg: StreamConfig) -> str | None:
 
 @dataclass(frozen=True)
 class Item:
-    """One data task: this rank's slices of global batches [step, step + steps)."""
+    """One data task: this rank's slices of global batches [step, step + steps), less the first `skip` clips."""
 
     step: int
     steps: int
+    skip: int = 0
 
 
-def plan_items(start_step: int, num_steps: int, steps_per_item: int) -> list[Item]:
-    """The tasks that hold this rank's clips of steps [start_step, start_step + num_steps)."""
-    return [Item(s, min(steps_per_item, start_step + num_steps - s))
+def plan_items(start_step: int, num_steps: int, steps_per_item: int, skip: int = 0) -> list[Item]:
+    """The tasks that hold this rank's clips of steps [start_step, start_step + num_steps), less the first
+    `skip`."""
+    return [Item(s, min(steps_per_item, start_step + num_steps - s), skip if s == start_step else 0)
             for s in range(start_step, start_step + num_steps, steps_per_item)]
+
+
+def rank_index(cfg: StreamConfig, position: int) -> int:
+    """The index in its rank's stream (the rank's clips in order) of the clip at global `position`."""
+    step, k = divmod(position, cfg.global_batch)
+    return step * cfg.batch_size + k - cfg.rank * cfg.batch_size
 
 
 class Plan:

@@ -27,7 +27,7 @@ from raytrain.checkpoints import (CheckpointError, load_checkpoint, newest_state
                                   write_checkpoint)
 from raytrain.config import RunConfig, from_dict, to_dict
 from raytrain.data.pipeline import BLOCK_BYTES_ENV, DECODE_LOCALITY_ENV, DataHealth, clip_batches
-from raytrain.data.plan import sampler_state, stream_config, stream_mismatch
+from raytrain.data.plan import StreamConfig, rank_index, sampler_state, stream_config, stream_mismatch
 from raytrain.data.sources import load_source
 from raytrain.method import Method
 from raytrain.runtime import run_dir, run_location
@@ -38,6 +38,7 @@ FAILURE_ENV = "RAYTRAIN_INJECT_FAILURE"  # "step:rank:marker" — kill that work
 # Where S3-compatible storage is (MinIO, a loopback test server): passed to the workers, which read shards and
 # checkpoints. Credentials are not passed: nodes get them from their own environment or instance role.
 S3_SETTINGS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
+FATAL = "fatal"  # the metric a run that cannot go on reports its reason under, instead of raising
 CLIP_LOG_ENV = "RAYTRAIN_CLIP_LOG"  # a folder: each rank appends the clips of every batch it trains on (audits)
 # How often an elastic run (--min_workers) checks for room for more workers (Ray Train's default: 60 s).
 RESIZE_INTERVAL_ENV = "RAYTRAIN_RESIZE_INTERVAL_S"
@@ -140,6 +141,47 @@ def progress_line(method: str, step: int, steps: int, metrics: dict[str, float],
     return " | ".join(parts)
 
 
+def _gather(value: int) -> list[int]:
+    """`value` of every rank, in rank order."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [value]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return out
+
+
+def _resume(task: Any, where: str, state: dict[str, Any], cfg: Any, scfg: StreamConfig) -> int | None:
+    """Load a checkpoint's state into `task` and check that its clip stream goes on; returns where this rank's
+    stream resumes (`clip_batches`'s `start_clip`; None: at the checkpoint step's planned clips). A
+    CheckpointError says why it cannot resume."""
+    try:
+        task.load_state_dict(state["task"])
+    except (RuntimeError, KeyError, ValueError) as e:  # e.g. --allow_config_change with another shape
+        lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+        what = "; ".join(lines[1:4] or lines[:1]) + (f"; and {len(lines) - 4} more" if len(lines) > 4 else "")
+        raise CheckpointError(f"checkpoint {where}: does not fit the model these flags build ({what})") from None
+    saved = state.get("sampler") or {}
+    why = stream_mismatch(state.get("sampler"), cfg)
+    if why and not cfg.allow_config_change:
+        raise CheckpointError(f"checkpoint {where}: cannot continue its clip stream: {why}. Resume with the "
+                              f"flags it was trained with, or --allow_config_change to go on from step "
+                              f"{state['step']} with this version's stream")
+    next_clips = saved.get("next_clip") or []
+    if not why and saved.get("world_size") == scfg.world_size and len(next_clips) == scfg.world_size:
+        return int(next_clips[scfg.rank])
+    planned = [int(state["step"]) * saved.get("batch_size", 0)] * len(next_clips)
+    if next_clips != planned and scfg.rank == 0:
+        log.warning("checkpoint %s: its stream had closed up behind damaged clips (each rank %s clips on from "
+                    "the planned ones); on another number of workers it resumes at step %d's planned clips",
+                    where, [int(n) - p for n, p in zip(next_clips, planned)], state["step"])
+    return None
+
+
+def fatal_error(result: ray.train.Result) -> str | None:
+    """Why a run ended without training on (a checkpoint it cannot resume from), or None."""
+    return (result.metrics or {}).get(FATAL)
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     method: Method = config["method"]
     cfg = from_dict(method.config, config["cfg"])
@@ -153,28 +195,26 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     torch.manual_seed(cfg.seed)  # identical initialisation on every rank
     task = method.task(cfg, device)
 
-    step, starts, curve = 0, [], []  # curve: the loss and validation metrics at every report (rank 0)
+    step, starts, curve, start_clip = 0, [], [], None  # curve: the loss and validation metrics (rank 0)
     found = resume_point(config["run"], rank)
+    scfg = stream_config(method, cfg, rank, world)
     if found is not None:
         where, state = found
         try:
-            task.load_state_dict(state["task"])
-        except (RuntimeError, KeyError, ValueError) as e:  # e.g. --allow_config_change with another shape
-            raise CheckpointError(f"checkpoint {where}: does not fit the model these flags build "
-                                  f"({str(e).strip().splitlines()[0]})") from None
+            start_clip = _resume(task, where, state, cfg, scfg)
+        except CheckpointError as e:
+            # A retry would load the same checkpoint and fail the same way: end the run with the reason instead
+            # (the driver raises it, `fatal_error`), not after --max_failures restarts.
+            ray.train.report({"step": int(state.get("step", 0)), FATAL: str(e)})
+            return
         step, starts, curve = int(state["step"]), list(state["starts"]), list(state.get("curve", []))
-        why = stream_mismatch(state.get("sampler"), cfg)
-        if why and not cfg.allow_config_change:
-            raise CheckpointError(f"checkpoint {where}: cannot continue its clip stream: {why}. Resume with the "
-                                  f"flags it was trained with, or --allow_config_change to go on from step {step} "
-                                  f"with this version's stream")
         if rank == 0:
             log.info("[%s] resuming %s from step %d (%s)", method.name, config["name"], step, where)
     starts.append(step)  # where each (re)start of the run began
 
     health = DataHealth.remote()
-    scfg = stream_config(method, cfg, rank, world)
-    batches = clip_batches(config["source"], scfg, step, health, device, cfg.decode_workers)
+    batches = clip_batches(config["source"], scfg, step, health, device, cfg.decode_workers, start_clip=start_clip)
+    next_clip = start_clip if start_clip is not None else step * scfg.batch_size  # in this rank's stream
 
     first = None
     if step == 0:  # a fresh run: the task may set itself up from its first batch (STMAE: BatchNorm statistics)
@@ -204,6 +244,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         wait += time.perf_counter() - t_wait
         _maybe_fail(step, rank)
         _log_clips(step, rank, world, batch)
+        next_clip = rank_index(scfg, int(batch["position"][-1])) + 1
         for k, v in task.train_step(batch, step).items():
             sums[k] += v
         n += 1
@@ -219,6 +260,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         metrics.update(step=step, **{f"skipped_{k}": v for k, v in skipped.items()})
         checkpoint = None
         at_checkpoint = step % cfg.checkpoint_every == 0 or step == cfg.steps
+        next_clips = _gather(next_clip) if at_checkpoint else []
         if rank == 0 and at_checkpoint and validate is not None:
             metrics.update(validate(task, cfg))
         if rank == 0:
@@ -226,7 +268,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if rank == 0 and at_checkpoint:
             checkpoint = ray.train.Checkpoint.from_directory(write_checkpoint(
                 {"task": task.state_dict(), "step": step, "curve": curve, "starts": starts, "config": to_dict(cfg),
-                 "sampler": sampler_state(cfg, world), "job": method.name}))
+                 "sampler": sampler_state(cfg, world, next_clips), "job": method.name}))
         if writer is not None:
             for k, v in metrics.items():
                 writer.add_scalar(f"train/{k}", v, step)
