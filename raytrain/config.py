@@ -173,8 +173,14 @@ class EvalSMTCConfig(EvalConfig):
     """Evaluate SMTC on DAVIS-2017: label propagation (semi-supervised) or multi-object discovery (unsupervised)."""
 
     task: str = flag("propagation", "propagation | discovery")
+    dataset: str = flag("davis2017", "davis2017 | jhmdb, vip (propagation) | davis2016, segtrackv2, fbms (single-"
+                                     "foreground discovery); see docs/results.md")
+    imset: str = flag("", "jhmdb / vip: CRW list file (default <data>/test.split.v2.txt, <data>/lists/val_videos.txt);"
+                          " discovery: sequence list")
+    foreground: str = flag("smtc", "single-foreground discovery: smtc (SMTC's oracle slot union) | best-slot")
     dino_path: str = flag("", "plain DINO ViT-S/16 weights for propagation (instead of --checkpoint)")
-    preset: str = flag("A", "propagation protocol: A (SMTC/CRW stride 16), B (stride 8), dino (DINO's)")
+    preset: str = flag("", "propagation protocol: A (SMTC/CRW stride 16), B (stride 8), dino (DINO's), jhmdb, vip "
+                           "(empty: the dataset's own; A for davis2017)")
     mode: str = flag("official", "discovery scoring: official (DAVIS protocol) | smtc-paper (upstream's, not "
                                  "comparable)")
     height: int = flag(480, "discovery input height")
@@ -211,7 +217,10 @@ class ScoreConfig:
 
     davis: str = flag("", "DAVIS root with ImageSets/ and Annotations[_unsupervised]/480p (path or URI)")
     results: str = flag("", "results folder: <sequence>/<frame>.png id maps (path or URI)")
-    task: str = flag("semi", "semi | unsup (or semi-supervised | unsupervised)")
+    task: str = flag("semi", "semi | unsup (or semi-supervised | unsupervised) | pck | vip | fg-iou")
+    data: str = flag("", "--task pck|vip|fg-iou: ground-truth root (JHMDB, VIP, or the --dataset folder)")
+    dataset: str = flag("", "--task fg-iou: davis2016 | segtrackv2 | fbms")
+    imset: str = flag("", "--task pck|vip|fg-iou: CRW list / sequence list (default: the layout's)")
     set: str = flag("val", "ImageSets list: train | val | test-dev | test-challenge")
     sequences: str = flag("", "comma-separated sequences to score instead of the whole set")
     num_workers: int = flag(0, "Ray workers, one CPU and one sequence at a time each (1: in this process; 0: one "

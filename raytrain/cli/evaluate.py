@@ -92,6 +92,10 @@ def _refuse_partial_ground_truth(data: str, videos: Sequence) -> None:
 def main_smtc(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """`python jobs/eval_smtc.py [flags]`: SMTC label propagation or object discovery on DAVIS-2017."""
     cfg = _prepare(EvalSMTCConfig, argv, SMALL_EVAL_SMTC)
+    if cfg.dataset != "davis2017":
+        from raytrain.cli.benchmarks import main_benchmark
+        return main_benchmark(cfg)
+    cfg = dataclasses.replace(cfg, preset=cfg.preset or "A")
     for flag, value, choices in (("task", cfg.task, TASKS), ("preset", cfg.preset, PRESETS),
                                  ("mode", cfg.mode, MODES), ("instance_mask", cfg.instance_mask, INSTANCE_MASKS)):
         if value not in choices:

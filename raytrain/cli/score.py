@@ -17,6 +17,7 @@ from typing import Sequence
 
 from raytrain.config import ScoreConfig, check_flags, parse
 from raytrain.eval import davis
+from raytrain.eval.bench_score import SCORE_TASKS
 from raytrain.eval.score import check_output, plan, protocol, score_jobs, summary_table, write_results
 from shards.errors import UsageError
 
@@ -39,6 +40,9 @@ def _workers(requested: int) -> int:
 
 def main(argv: Sequence[str] | None = None) -> davis.Report:
     cfg = parse(ScoreConfig, argv)
+    if cfg.task in SCORE_TASKS:
+        from raytrain.cli.benchmarks import score_main
+        return score_main(cfg)
     if not cfg.davis:
         raise UsageError("--davis is required: the DAVIS root that holds ImageSets/ and Annotations/480p")
     if not cfg.results:
