@@ -23,7 +23,7 @@ import numpy as np
 import scipy.io
 from PIL import Image, ImageDraw
 
-from .synth import _background, _draw_video, _jpeg, _texture
+from .synth import _background, _draw_video, _jpeg, _texture, write_davis2016
 
 JHMDB_JOINTS = ("neck", "belly", "face", "right shoulder", "left shoulder", "right hip", "left hip",
                 "right elbow", "left elbow", "right knee", "left knee", "right wrist", "left wrist",
@@ -173,3 +173,12 @@ def write_fbms(out: str | Path, *, num_videos: int = 2, num_frames: int = 22, he
     names = [f"fbmsseq{i}" for i in range(num_videos)]
     return _foreground_videos(Path(out), FBMS_IMAGES, FBMS_GT, names, num_frames, height, width, max_objects, seed,
                               1, lambda s: s % FBMS_STEP == 0)
+
+
+def write_benchmark(layout: str, out: str | Path, *, num_videos: int, num_frames: int, seed: int = 0) -> list[str]:
+    """`python -m shards.synth --layout jhmdb|vip|davis2016|segtrackv2|fbms`: the set at its default frame size."""
+    if layout == "davis2016":
+        return write_davis2016(out, num_videos=num_videos, num_frames=num_frames, height=64, num_val=num_videos,
+                               seed=seed)
+    write = {"jhmdb": write_jhmdb, "vip": write_vip, "segtrackv2": write_segtrackv2, "fbms": write_fbms}[layout]
+    return write(out, num_videos=num_videos, num_frames=num_frames, seed=seed)

@@ -2,7 +2,6 @@
 cases, the jobs end to end (serial and on the actor pool, equal numbers) and the score CLI's refusals."""
 from __future__ import annotations
 
-import io
 import os
 import subprocess
 import sys
@@ -251,3 +250,12 @@ def test_bad_flags_are_refused_before_anything_runs(argv, message, tmp_path):
     with pytest.raises(UserError, match=message):
         main_smtc([*argv, "--serial", "--out", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
+
+
+def test_synth_cli_writes_the_benchmark_layouts(tmp_path):
+    from shards.synth import main as synth_main
+
+    synth_main(["--layout", "fbms", "--out", str(tmp_path / "fbms"), "--videos", "1", "--frames", "41"])
+    assert list(read_foreground(str(tmp_path / "fbms"), "fbms")[0].annotations) == ["00001", "00021", "00041"]
+    synth_main(["--layout", "jhmdb", "--out", str(tmp_path / "jhmdb"), "--videos", "2", "--frames", "3"])
+    assert [v.joints.shape for v in read_jhmdb(str(tmp_path / "jhmdb"))] == [(2, 15, 3)] * 2

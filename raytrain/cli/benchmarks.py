@@ -27,21 +27,21 @@ from raytrain.eval.report import output_folder, upload
 from raytrain.eval.video_io import VideoResult
 from raytrain.eval.models import smtc_spec
 from shards.bench_layout import FOREGROUND_SETS, read_foreground, read_jhmdb, read_vip
-from shards.bench_synth import write_fbms, write_jhmdb, write_segtrackv2, write_vip
+from shards.bench_synth import write_benchmark
 from shards.cache import _once, cache_dir
 from shards.errors import UsageError, naming
-from shards.synth import write_davis2016
 
 DATASETS = ("davis2017", "jhmdb", "vip", *FOREGROUND_SETS)
 TASK_OF = {"jhmdb": "propagation", "vip": "propagation", **{d: "discovery" for d in FOREGROUND_SETS}}
 FOLDER = {"jhmdb": "keypoints", "vip": "parts", **{d: "foreground" for d in FOREGROUND_SETS}}
-WRITERS = {"jhmdb": write_jhmdb, "vip": write_vip, "segtrackv2": write_segtrackv2, "fbms": write_fbms,
-           "davis2016": partial(write_davis2016, num_videos=3, num_frames=6, height=64, num_val=2)}
+SYNTHETIC = {"jhmdb": (3, 8), "vip": (2, 6), "davis2016": (2, 6), "segtrackv2": (3, 6), "fbms": (2, 22)}  # videos, frames
 
 
 def synthetic_benchmark(dataset: str, seed: int = 0) -> str:
     """A small synthetic set in `dataset`'s layout, generated once into the cache."""
-    return _once(cache_dir() / f"eval-{dataset}-s{seed}", lambda p: WRITERS[dataset](p, seed=seed))
+    videos, frames = SYNTHETIC[dataset]
+    return _once(cache_dir() / f"eval-{dataset}-s{seed}",
+                 lambda p: write_benchmark(dataset, p, num_videos=videos, num_frames=frames, seed=seed))
 
 
 class Writer:
