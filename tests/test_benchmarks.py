@@ -148,15 +148,16 @@ def test_pck_hand_computed():
 
 
 def test_vip_miou_hand_computed():
-    gt, pred = np.array([[0, 0], [1, 2], [255, 255]]), np.array([[0, 1], [1, 1], [3, 3]])
+    gt, pred = np.array([[0, 0, 0], [1, 2, 255]]), np.array([[0, 1, 5], [1, 1, 3]])
     hist = confusion(gt, pred)
-    assert hist.sum() == 4 and hist[0, 0] == hist[0, 1] == hist[1, 1] == hist[2, 1] == 1  # void 255 ignored
+    assert hist.sum() == 5 and hist[0, 0] == hist[0, 1] == hist[0, 5] == hist[1, 1] == hist[2, 1] == 1  # void ignored
     out = miou(hist)
-    assert out["mIoU"] == pytest.approx((1 / 2 + 1 / 3 + 0) / 3)  # empty unions drop out, absent-but-GT scores 0
-    assert out["per_class"]["hat"] == pytest.approx(1 / 3) and np.isnan(out["per_class"]["sun-glasses"])
-    assert out["pixel_accuracy"] == 0.5
-    # two frames, one matrix: (3/4 + 2/4 + 1/2) / 3, not the mean of the frames' mIoUs
-    assert miou(hist + confusion(gt, gt))["mIoU"] == pytest.approx((3 / 4 + 2 / 4 + 1 / 2) / 3)
+    # classes with an empty union drop out; in the GT but never hit, or predicted but absent (5): 0
+    assert out["mIoU"] == pytest.approx((1 / 3 + 1 / 3 + 0 + 0) / 4)
+    assert out["per_class"]["hat"] == pytest.approx(1 / 3) and out["per_class"]["dress"] == 0
+    assert np.isnan(out["per_class"]["sun-glasses"]) and out["pixel_accuracy"] == 2 / 5
+    # two frames, one matrix: (4/6 + 2/4 + 1/2 + 0) / 4, not the mean of the frames' mIoUs
+    assert miou(hist + confusion(gt, gt))["mIoU"] == pytest.approx((4 / 6 + 2 / 4 + 1 / 2 + 0) / 4)
 
 
 def test_foreground_rules_hand_computed():

@@ -8,6 +8,9 @@ Same inputs and numbers as the official toolkit's `evaluation_method.py --task s
 results folder (or `--out`) and prints the summary table. With `--num_workers N > 1` the sequences are scored
 as Ray tasks on N workers (the cluster this job was submitted to, else a local Ray); under `ray job submit`
 the default is one worker per CPU of the cluster.
+
+`--task pck|vip|fg-iou --data ROOT` scores JHMDB keypoints, VIP parts or single foregrounds instead
+(`raytrain.cli.benchmarks`, in this process).
 """
 from __future__ import annotations
 
