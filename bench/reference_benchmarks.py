@@ -1,13 +1,16 @@
 """Faithfulness of the benchmarks beyond DAVIS-2017, side by side with the reference code itself (not a test: it
 needs fetched copies of ajabri/videowalk and shvdiwnkozbw/SMTC, and opencv, scikit-image, imageio, einops).
 
-    python bench/reference_benchmarks.py --crw /tmp/ref-crw/code --smtc_utils /tmp/ref-smtc/src/utils.py [--work DIR]
+    python bench/reference_benchmarks.py --crw /tmp/ref-crw/code --smtc_utils /tmp/ref-smtc/src/utils.py \
+        --mg_utils /tmp/ref-mg/src/utils.py [--work DIR]
 
 On synthetic JHMDB (320 x 240), VIP, SegTrack-v2 and FBMS sets it compares: the JHMDB label maps of every frame with
 CRW's `JhmdbSet`; the map -> keypoint reading with CRW's `process_pose`; PCK of this project's job output scored by
 this project and by CRW's `eval_pck.py` (its hard-coded list and prediction folder replaced); VIP mIoU of the job's
 PNGs by this project and by `eval_vip.py`; the SMTC foreground IoU of random slot masks by this project and by
-SMTC's `ensemble_hungarian_iou` (lines 290-342 of its src/utils.py, executed as they are). Prints a table.
+SMTC's `ensemble_hungarian_iou` (lines 290-342 of its src/utils.py, executed as they are), and the best-slot IoU
+by this project and by motion-grouping's `ensemble_hungarian_iou` (lines 100-127 of its src/utils.py). Prints a
+table.
 """
 import argparse, importlib.util, os, re, shutil, subprocess, sys
 from argparse import Namespace
@@ -30,6 +33,7 @@ from shards.bench_synth import write_fbms, write_jhmdb, write_segtrackv2, write_
 p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 p.add_argument("--crw", required=True, help="videowalk's code/ folder")
 p.add_argument("--smtc_utils", required=True, help="SMTC's src/utils.py")
+p.add_argument("--mg_utils", required=True, help="motion-grouping's src/utils.py (charigyang/motiongrouping)")
 p.add_argument("--work", default="/tmp/reference-benchmarks", help="scratch folder (emptied)")
 opts = p.parse_args()
 
@@ -110,21 +114,28 @@ rows.append(("VIP mIoU (one confusion matrix, frame 1 included)", f"ours {mine:.
 # ---- foreground IoU: SMTC's ensemble_hungarian_iou (lines 290-342 of src/utils.py, run as is) on the same slots
 ns = {"torch": torch, "F": F, "einops": einops, "np": np}
 exec("\n".join(Path(opts.smtc_utils).read_text().splitlines()[289:342]), ns)
+mg = {"torch": torch, "F": F, "einops": einops, "np": np}
+exec("\n".join(Path(opts.mg_utils).read_text().splitlines()[99:127]), mg)
 for name, write, ds in (("SegTrack-v2", write_segtrackv2, "segtrackv2"), ("FBMS-59", write_fbms, "fbms")):
     write(S / ds, seed=1)
-    worst, ours_all, ref_all = 0.0, [], []
+    got = {"smtc": ([], []), "best-slot": ([], [])}
     for v in read_foreground(str(S / ds), ds):
         g = torch.Generator().manual_seed(len(v.id))
         for frame in v.annotations:
             gt = torch.as_tensor(fg.read_mask(v, frame))
-            slots = torch.rand(8, 6, 9, generator=g) ** 4  # slot masks on a feature grid
+            slots = torch.rand(8, 6, 9, generator=g) ** 4
+            slots = slots / slots.sum(0, keepdim=True)  # slot masks on a feature grid, a softmax over slots
             up = F.interpolate(slots[None], size=tuple(gt.shape), mode="nearest")[0]
-            mine = float(fg.iou(fg.foreground(up, gt, "smtc"), gt))
-            _, _, ref, _ = ns["ensemble_hungarian_iou"](slots[None, :, None], torch.zeros(1, 1, 4, 4), gt.float()[None, None])
-            ours_all.append(mine); ref_all.append(float(np.asarray(ref).reshape(-1)[0]))
-    rows.append((f"{name} foreground IoU, SMTC rule ({len(ours_all)} frames)",
-                 f"ours {np.mean(ours_all):.4f} / ensemble_hungarian_iou {np.mean(ref_all):.4f}",
-                 f"{np.abs(np.array(ours_all) - np.array(ref_all)).max():.3g}"))
+            for rule in got:
+                got[rule][0].append(float(fg.iou(fg.foreground(up, gt, rule), gt)))
+            ref = ns["ensemble_hungarian_iou"](slots[None, :, None], torch.zeros(1, 1, 4, 4), gt.float()[None, None])[2]
+            got["smtc"][1].append(float(np.asarray(ref).reshape(-1)[0]))
+            ref = mg["ensemble_hungarian_iou"](slots[None, :, None], gt.float()[None, None])[2]
+            got["best-slot"][1].append(float(np.asarray(ref).reshape(-1)[0]))
+    for rule, who in (("smtc", "SMTC ensemble_hungarian_iou"), ("best-slot", "motion-grouping ensemble_hungarian_iou")):
+        mine, ref = np.array(got[rule][0]), np.array(got[rule][1])
+        rows.append((f"{name} foreground IoU, {rule} rule ({len(mine)} frames)",
+                     f"ours {mine.mean():.4f} / {who} {ref.mean():.4f}", f"{np.abs(mine - ref).max():.3g}"))
 
 print("| check | numbers | max difference |\n|---|---|---|")
 for r in rows:

@@ -168,7 +168,10 @@ def test_foreground_rules_hand_computed():
     slots[1, 2:, :2] = 0.6  # summed with slot 0 and renormalised: 0.6 > 0.5 stays in
     slots[2, :, 2:] = 1.0
     assert foreground(slots, gt, "smtc").equal(gt)
-    assert iou(foreground(slots, gt, "best-slot"), gt) == 0.5
+    assert iou(foreground(slots, gt, "best-slot"), gt) == 0.5  # slot 0: slot 1's 0.6 also passes 0.5, but ties
+    slots[2, :, 2:] = 0.4  # best-slot thresholds the masks as they are (no normalisation): slot 2 is empty
+    slots[1, 2:, :2] = 0.45
+    assert iou(foreground(slots, gt, "best-slot"), gt) == 0.5 and foreground(slots[1:], gt, "best-slot").sum() == 0
     slots[1, 2:, :2] = 0.5  # now 0.5 after renormalising: not > 0.5
     assert iou(foreground(slots, gt, "smtc"), gt) == 0.5
     empty = torch.zeros(4, 4, dtype=torch.bool)

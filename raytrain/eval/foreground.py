@@ -10,7 +10,8 @@ Foreground rules:
 - `smtc` (SMTC's `ensemble_hungarian_iou`, utils.py:296-342): each slot min-max normalised; the slots whose IoU
   with the ground truth (at 0.5) beats their IoU with the background are kept; their unnormalised masks summed,
   min-max normalised, thresholded at 0.5. The ground truth picks the slots: an oracle union.
-- `best-slot` (motion-grouping's protocol): the single normalised slot with the best IoU with the ground truth.
+- `best-slot` (motion-grouping's `ensemble_hungarian_iou`, src/utils.py): the single slot whose mask, as it is
+  (no normalisation: slot masks are a softmax over the slots), has the best IoU with the ground truth at 0.5.
 IoU is SMTC's: intersection / (union + 1e-12), so an empty prediction of an empty ground truth scores 0 (OCLR's
 `iou` gives 1 there).
 
@@ -55,11 +56,10 @@ def foreground(slots: torch.Tensor, gt: torch.Tensor, rule: str = "smtc") -> tor
         raise ValueError(f"foreground rule must be one of {', '.join(RULES)}, got {rule!r}")
     if len(slots) == 0:
         return torch.zeros(gt.shape, dtype=torch.bool)
-    norm = _minmax(slots.float())
-    fg_iou = iou(norm > THRESHOLD, gt)
     if rule == "best-slot":
-        return norm[int(fg_iou.argmax())] > THRESHOLD
-    keep = fg_iou > iou(norm > THRESHOLD, ~gt.bool())
+        return slots[int(iou(slots > THRESHOLD, gt).argmax())] > THRESHOLD
+    norm = _minmax(slots.float())
+    keep = iou(norm > THRESHOLD, gt) > iou(norm > THRESHOLD, ~gt.bool())
     return _minmax((slots.float() * keep[:, None, None]).sum(0)) > THRESHOLD
 
 
