@@ -8,8 +8,9 @@ on a local folder or any URI pyarrow understands. Every reader returns `shards.l
   labels are sorted numerically and paired by position as CRW does; annotations are keyed by the image's frame.
 - DAVIS-2016: `JPEGImages/480p`, `Annotations/480p` (0/255) for every frame; sequences from
   `ImageSets/2016/val.txt`, else all.
-- SegTrack-v2 / FBMS: the folders motion-grouping's cleaning leaves (`shards.bench_synth`); FBMS annotations are
-  sparse and placed as SMTC does: frame index = annotation number - the first annotation's number.
+- SegTrack-v2 / FBMS: the folders motion-grouping's cleaning leaves, under SMTC's config names
+  (`shards.bench_synth`); for FBMS also `FBMS_clean.py`'s own `JPEGImages/` and `Annotations/`. FBMS annotations
+  are sparse and placed as SMTC does: frame index = annotation number - the first annotation's number.
 """
 from __future__ import annotations
 
@@ -145,6 +146,8 @@ def read_foreground(root: str, dataset: str, listing: str = "") -> list[Video]:
         raise UserError(f"--dataset must be one of {', '.join(FOREGROUND_SETS)}, got {dataset!r}")
     fs, base = resolve(root)
     images, gt = (posixpath.join(base, d) for d in _foreground_dirs(dataset))
+    if dataset == "fbms" and fs.get_file_info(images).type != pafs.FileType.Directory:
+        images, gt = posixpath.join(base, "JPEGImages"), posixpath.join(base, "Annotations")  # FBMS_clean.py's names
     if fs.get_file_info(images).type != pafs.FileType.Directory:
         raise NotFound(f"{root}: no {posixpath.relpath(images, base)}/ (not a {dataset} folder)")
     names = sorted(i.base_name for i in fs.get_file_info(pafs.FileSelector(images)) if i.type == pafs.FileType.Directory)

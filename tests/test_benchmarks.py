@@ -3,6 +3,7 @@ cases, the jobs end to end (serial and on the actor pool, equal numbers) and the
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -79,6 +80,10 @@ def test_foreground_layouts_and_readers(sets):
     fbms = read_foreground(str(sets["fbms"]), "fbms")
     assert fbms[0].frames[0] == "00001" and len(fbms[0].frames) == 22
     assert list(fbms[0].annotations) == ["00001", "00021"]  # every 20th frame, by frame number
+    clean = sets["fbms"].parent / "fbms_clean"  # FBMS_clean.py's own folder names
+    shutil.copytree(sets["fbms"] / "FBMS", clean / "JPEGImages")
+    shutil.copytree(sets["fbms"] / "FBMS_annotation", clean / "Annotations")
+    assert [list(v.annotations) for v in read_foreground(str(clean), "fbms")] == [["00001", "00021"]] * 2
     davis = read_foreground(str(sets["davis2016"]), "davis2016")
     assert len(davis) == 2 and all(len(v.annotations) == 3 for v in davis)
     gt = sets["segtrackv2"] / "STv2_gt&pred/STv2_gt/GroundTruth/stv2seq1/00002.png"
