@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import scipy.io
@@ -146,7 +147,7 @@ def write_vip(out: str | Path, *, num_videos: int = 2, num_frames: int = 6, heig
 
 
 def _foreground_videos(out: Path, images: str, gt: str, names: list[str], num_frames: int, height: int, width: int,
-                       max_objects: int, seed: int, first: int, annotated: callable) -> list[str]:
+                       max_objects: int, seed: int, first: int, annotated: Callable[[int], bool]) -> list[str]:
     for index, name in enumerate(names):
         scene, labels = _draw_video(seed, index, height, width, num_frames, max_objects, True, False)
         (out / images / name).mkdir(parents=True)

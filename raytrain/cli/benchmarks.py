@@ -108,11 +108,11 @@ def main_benchmark(cfg: EvalSMTCConfig) -> dict[str, Any]:
     print(f"{dataset} {cfg.task}: {len(items)} videos of {data}, model {spec.source}", flush=True)
     results, seconds = evaluate(cfg, spec, work, items, Writer(out, FOLDER[dataset]))
     scores = combine(dataset, results)
+    metric = {"jhmdb": "pck", "vip": "vip"}.get(dataset, "fg-iou")
     summary = {"model": spec.source, "random_weights": spec.random, "videos": len(results),
                "seconds": round(seconds, 3), **extra, "scores": scores,
-               "score_command": f"python -m raytrain.eval score --task "
-                                f"{ {'jhmdb': 'pck', 'vip': 'vip'}.get(dataset, 'fg-iou') } --data {data} "
-                                f"--dataset {dataset} --results {out / FOLDER[dataset]}"}
+               "score_command": f"python -m raytrain.eval score --task {metric} --data {data} --dataset {dataset} "
+                                f"--results {out / FOLDER[dataset]}"}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     shown = {k: v for k, v in scores.items() if k != "per_class"}
     print(f"\n{dataset}: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
