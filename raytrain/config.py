@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Optional, Sequence, TypeVar
 
 from shards.errors import DEBUG_HELP, UsageError
+from shards.layout import FOREGROUND_SETS
 from shards.paths import location
 
 T = TypeVar("T")
@@ -49,6 +50,7 @@ LOG_RANGE: Check = ((lambda v: len(v) in (1, 2)), "one value (fixed) or two (the
 # holds them to the code that reads them).
 INSTANCE_MASKS = ("logit", "softmax")
 SIMILARITIES = ("dot", "l2")
+BENCHMARK_SETS = ("davis2017", "jhmdb", "vip", *FOREGROUND_SETS)
 
 
 # ------------------------------------------------------------------------------------------- training
@@ -218,9 +220,16 @@ class EvalSMTCConfig(EvalConfig):
     """Evaluate SMTC on DAVIS-2017: label propagation (semi-supervised) or multi-object discovery (unsupervised)."""
 
     task: str = flag("propagation", "propagation | discovery", choices=("propagation", "discovery"))
+    dataset: str = flag("davis2017", "davis2017 | jhmdb, vip (propagation) | davis2016, segtrackv2, fbms (single-"
+                                     "foreground discovery); see docs/usage.md", choices=BENCHMARK_SETS)
+    imset: str = flag("", "jhmdb / vip: CRW list file (default <data>/test.split.v2.txt, <data>/lists/val_videos.txt);"
+                          " discovery: sequence list")
+    foreground: str = flag("smtc", "single-foreground discovery: smtc (SMTC's oracle slot union) | best-slot",
+                           choices=("smtc", "best-slot"))
     dino_path: str = flag("", "plain DINO ViT-S/16 weights for propagation (instead of --checkpoint)")
-    preset: str = flag("A", "propagation protocol: A (SMTC/CRW stride 16), B (stride 8), dino (DINO's)",
-                       choices=("A", "B", "dino"))
+    preset: str = flag("", "propagation protocol: A (SMTC/CRW stride 16), B (stride 8), dino (DINO's), jhmdb, vip "
+                           "(empty: the dataset's own; A for davis2017)",
+                       choices=("", "A", "B", "dino", "jhmdb", "vip"))
     mode: str = flag("official", "discovery scoring: official (DAVIS protocol) | smtc-paper (upstream's, not "
                                  "comparable)", choices=("official", "smtc-paper"))
     height: int = flag(480, "discovery input height", check=at_least(16))
@@ -257,8 +266,11 @@ class ScoreConfig:
 
     davis: str = flag("", "DAVIS root with ImageSets/ and Annotations[_unsupervised]/480p (path or URI)")
     results: str = flag("", "results folder: <sequence>/<frame>.png id maps (path or URI)")
-    task: str = flag("semi", "semi | unsup (or semi-supervised | unsupervised)",
-                     choices=("semi", "unsup", "semi-supervised", "unsupervised"))
+    task: str = flag("semi", "semi | unsup (or semi-supervised | unsupervised) | pck | vip | fg-iou",
+                     choices=("semi", "unsup", "semi-supervised", "unsupervised", "pck", "vip", "fg-iou"))
+    data: str = flag("", "--task pck|vip|fg-iou: ground-truth root (JHMDB, VIP, or the --dataset folder)")
+    dataset: str = flag("", "--task fg-iou: davis2016 | segtrackv2 | fbms", choices=("", *FOREGROUND_SETS))
+    imset: str = flag("", "--task pck|vip|fg-iou: CRW list / sequence list (default: the layout's)")
     set: str = flag("val", "ImageSets list: train | val | test-dev | test-challenge")
     sequences: str = flag("", "comma-separated sequences to score instead of the whole set")
     num_workers: int = flag(0, "Ray workers, one CPU and one sequence at a time each (1: in this process; 0: one "
@@ -342,7 +354,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         help_text = f.metadata.get("help", "")
         name = f"--{f.name}"
         choices = f.metadata.get("choices")
-        shown = {"metavar": "{" + ",".join(choices) + "}"} if choices else {}
+        shown = {"metavar": "{" + ",".join(c for c in choices if c) + "}"} if choices else {}
         if tp is bool:
             parser.add_argument(name, action=argparse.BooleanOptionalAction, default=default, help=help_text)
         elif typing.get_origin(tp) in (list, tuple):
@@ -397,7 +409,8 @@ def _valid(f: dataclasses.Field) -> Check | None:
     """The field's check, or one made of its choices."""
     choices = f.metadata.get("choices")
     if choices:
-        return (lambda v: v in choices), "one of " + ", ".join(choices)
+        text = "one of " + ", ".join(c for c in choices if c) + (" (or empty)" if "" in choices else "")
+        return (lambda v: v in choices), text
     return f.metadata.get("check")
 
 

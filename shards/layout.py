@@ -29,6 +29,7 @@ from PIL import Image, UnidentifiedImageError
 from .errors import NotFound, UserError
 
 LAYOUTS = ("davis", "ytvos")
+FOREGROUND_SETS = ("davis2016", "segtrackv2", "fbms")  # single-foreground discovery sets (shards.bench_layout)
 YTVOS_SPLITS = ("train", "valid", "test", "valid_all_frames")
 
 

@@ -42,6 +42,7 @@ from .paths import output_entries
 JPEG_QUALITY = 90
 YTVOS_STEP = 5  # YouTube-VOS keeps every 5th frame of the 30 fps video
 VOID = 255
+BENCH_LAYOUTS = ("jhmdb", "vip", "davis2016", "segtrackv2", "fbms")  # written by shards.bench_synth
 CATEGORIES = ("ellipse", "triangle", "square", "pentagon", "hexagon", "star")
 
 _NOUNS = ("bear", "bike", "boat", "camel", "car", "cow", "dance", "dog", "drift", "goat", "horse", "kite",
@@ -421,7 +422,8 @@ def write_ytvos(out: str | Path, *, num_videos: int = 8, num_frames: int = 24, h
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m shards.synth", description=__doc__.split("\n\n")[0],
                                 epilog="--out must be a new or empty folder. " + DEBUG_HELP)
-    p.add_argument("--layout", choices=("davis", "ytvos"), required=True)
+    p.add_argument("--layout", choices=("davis", "ytvos", *BENCH_LAYOUTS), required=True,
+                   help="davis, ytvos, or a benchmark layout of shards.bench_synth (its own frame sizes)")
     p.add_argument("--out", required=True, help="folder to write the dataset into")
     p.add_argument("--videos", type=int, default=8, help="number of videos")
     p.add_argument("--frames", type=int, default=24, help="frames per video (YouTube-VOS: every-5th frames)")
@@ -443,8 +445,12 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(f"--out {a.out}: cannot write there ({e.strerror or e})") from None
     write = write_davis if a.layout == "davis" else write_ytvos
     t0 = time.perf_counter()
-    ids = write(a.out, num_videos=a.videos, num_frames=a.frames, height=a.height, width=width,
-                max_objects=a.objects, seed=a.seed, num_val=a.val)
+    if a.layout in BENCH_LAYOUTS:
+        from .bench_synth import write_benchmark
+        ids = write_benchmark(a.layout, a.out, num_videos=a.videos, num_frames=a.frames, seed=a.seed)
+    else:
+        ids = write(a.out, num_videos=a.videos, num_frames=a.frames, height=a.height, width=width,
+                    max_objects=a.objects, seed=a.seed, num_val=a.val)
     print(f"wrote {len(ids)} {a.layout} videos x {a.frames} frames to {a.out} in {time.perf_counter() - t0:.1f} s")
 
 

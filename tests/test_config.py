@@ -11,7 +11,8 @@ import pytest
 
 from raytrain.config import (EvalConfig, EvalSMTCConfig, EvalSTMAEConfig, ScoreConfig, SMTCConfig, flag_problems,
                              parse)
-from raytrain.eval import discovery, overlay, propagation, score, vos
+from raytrain.cli import benchmarks
+from raytrain.eval import bench_score, discovery, foreground, overlay, propagation, score, vos
 from raytrain.methods import METHODS, get
 from shards.layout import LAYOUTS
 
@@ -23,16 +24,18 @@ def _choices(cls: type, name: str) -> tuple[str, ...]:
 
 
 def test_choices_are_what_the_code_reads():
-    assert _choices(EvalSMTCConfig, "preset") == tuple(propagation.PRESETS)
+    assert _choices(EvalSMTCConfig, "preset") == ("", *propagation.PRESETS)  # empty: the data set's own
+    assert _choices(EvalSMTCConfig, "dataset") == ("davis2017", *benchmarks.TASK_OF)
+    assert _choices(EvalSMTCConfig, "foreground") == foreground.RULES
     assert _choices(EvalSMTCConfig, "mode") == discovery.MODES
     assert _choices(EvalSTMAEConfig, "dataset") == vos.DATASETS
     assert _choices(EvalConfig, "overlay_format") == overlay.FORMATS
-    assert set(_choices(ScoreConfig, "task")) == set(score.TASKS)
+    assert set(_choices(ScoreConfig, "task")) == set(score.TASKS) | set(bench_score.SCORE_TASKS)
 
 
 def test_a_value_outside_the_choices_or_range_is_named():
     assert flag_problems(EvalSMTCConfig(preset="C", height=8)) == [
-        "--preset must be one of A, B, dino, got 'C'", "--height must be at least 16, got 8"]
+        "--preset must be one of A, B, dino, jhmdb, vip (or empty), got 'C'", "--height must be at least 16, got 8"]
     assert flag_problems(SMTCConfig(instance_mask="hard")) == ["--instance_mask must be one of logit, softmax, "
                                                                 "got 'hard'"]
 
@@ -40,7 +43,7 @@ def test_a_value_outside_the_choices_or_range_is_named():
 def test_help_shows_the_choices():
     out = subprocess.run([sys.executable, "jobs/eval_smtc.py", "--help"], cwd=ROOT, capture_output=True, text=True,
                          env={"PYTHONPATH": str(ROOT), "PATH": ""}, check=True).stdout
-    assert "--preset {A,B,dino}" in out and "--task {propagation,discovery}" in out
+    assert "--preset {A,B,dino,jhmdb,vip}" in out and "--task {propagation,discovery}" in out
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))

@@ -85,6 +85,10 @@ def _refuse_partial_ground_truth(data: str, videos: Sequence) -> None:
 def main_smtc(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """`python jobs/eval_smtc.py [flags]`: SMTC label propagation or object discovery on DAVIS-2017."""
     cfg = _prepare(smtc.METHOD, argv)
+    if cfg.dataset != "davis2017":
+        from raytrain.cli.benchmarks import main_benchmark
+        return main_benchmark(cfg)
+    cfg = dataclasses.replace(cfg, preset=cfg.preset or "A")
     spec = _spec(cfg, smtc.METHOD)
     data = cfg.data or synthetic_davis(cfg.seed)
     discovery = cfg.task == "discovery"

@@ -8,6 +8,9 @@ Same inputs and numbers as the official toolkit's `evaluation_method.py --task s
 results folder (or `--out`) and prints the summary table. With `--num_workers N > 1` the sequences are scored
 as Ray tasks on N workers (the cluster this job was submitted to, else a local Ray); under `ray job submit`
 the default is one worker per CPU of the cluster.
+
+`--task pck|vip|fg-iou --data ROOT` scores JHMDB keypoints, VIP parts or single foregrounds instead
+(`raytrain.cli.benchmarks`, in this process).
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from typing import Sequence
 
 from raytrain.config import ScoreConfig, check_flags, parse
 from raytrain.eval import davis
+from raytrain.eval.bench_score import SCORE_TASKS
 from raytrain.eval.score import check_output, plan, protocol, score_jobs, summary_table, write_results
 from shards.errors import UsageError
 
@@ -39,6 +43,9 @@ def _workers(requested: int) -> int:
 
 def main(argv: Sequence[str] | None = None) -> davis.Report:
     cfg = parse(ScoreConfig, argv)
+    if cfg.task in SCORE_TASKS:
+        from raytrain.cli.benchmarks import score_main
+        return score_main(cfg)
     if not cfg.davis:
         raise UsageError("--davis is required: the DAVIS root that holds ImageSets/ and Annotations/480p")
     if not cfg.results:

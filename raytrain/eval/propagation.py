@@ -76,9 +76,12 @@ class Preset:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     short_side: int = 480  # DINO input rule only
+    squash: int = 0  # CRW's JHMDB loader: frames resized to squash x squash whatever their aspect (0: off)
 
     def input_size(self, height: int, width: int) -> tuple[int, int]:
         """Size the frames are resized to before the encoder."""
+        if self.squash:
+            return self.squash, self.squash
         if not self.dino_input:
             return height // self.stride * self.stride, width // self.stride * self.stride
         if height > width:
@@ -87,7 +90,7 @@ class Preset:
 
     def grid(self, height: int, width: int) -> tuple[int, int]:
         """Label / feature grid for an original frame size."""
-        if self.dino_input:
+        if self.dino_input or self.squash:
             h, w = self.input_size(height, width)
             return h // self.stride, w // self.stride
         return height // self.stride, width // self.stride
@@ -99,7 +102,12 @@ SMTC_B = replace(SMTC_A, name="smtc-b", stride=8, topk=28, radius=35)
 DINO = Preset("dino", stride=16, topk=5, temperature=0.1, context=7, radius=12, square_window=True,
               restrict_first=True, pad_with_first=False, soft_first=False, minmax=True, dino_input=True,
               std=DINO_STD)
-PRESETS = {"A": SMTC_A, "B": SMTC_B, "dino": DINO}  # by their --preset names
+# JHMDB: CRW test.py's parser defaults (arguments.py:26-35; the repo has no JHMDB command) on CRW's 320x320
+# squash, stride 8 as eval_pck.py's feat_res=40 assumes (ViT-S/16 tokens interpolated to 40x40, as in SMTC_B).
+JHMDB = replace(SMTC_A, name="jhmdb", stride=8, topk=10, radius=12, temperature=0.07, squash=320)
+# VIP: SMTC's DAVIS settings (eval_prop.sh) at the native resolution; neither repo gives VIP settings.
+VIP = replace(SMTC_A, name="vip")
+PRESETS = {"A": SMTC_A, "B": SMTC_B, "dino": DINO, "jhmdb": JHMDB, "vip": VIP}  # by their --preset names
 
 
 # ---------------------------------------------------------------------------------------------- features
@@ -229,13 +237,24 @@ def propagate(features: torch.Tensor, first_labels: np.ndarray, preset: Preset,
     first_labels = np.asarray(first_labels)
     grid = _check(features, first_labels, preset)
     out_size = tuple(out_size) if out_size is not None else first_labels.shape
-    device, hw = features.device, grid[0] * grid[1]
+    soft, ids = _first_labels(first_labels, preset, grid, features.device)
+    labels = propagate_soft(features, soft, preset, max_elements)
+    return [first_labels.copy()] + [_decode(labels[t], grid, preset, ids, out_size).astype(first_labels.dtype)
+                                    for t in range(1, len(features))]
+
+
+@torch.no_grad()
+def propagate_soft(features: torch.Tensor, first: torch.Tensor, preset: Preset, max_elements: int = 2**26
+                   ) -> torch.Tensor:
+    """Soft labels [T, L, h*w] of every frame from frame 0's `first` [L, h*w] (the batched propagation)."""
+    device, grid = features.device, tuple(features.shape[-2:])
+    hw = grid[0] * grid[1]
+    if first.shape[-1] != hw:
+        raise ValueError(f"first-frame labels cover {first.shape[-1]} positions, the feature grid {hw}")
     keys = features.flatten(2).transpose(1, 2).float()  # [T, hw, C]
-    soft, ids = _first_labels(first_labels, preset, grid, device)
-    labels = torch.zeros(len(features), len(ids), hw, device=device)
-    labels[0] = soft
+    labels = torch.zeros(len(features), len(first), hw, device=device)
+    labels[0] = first.to(device)
     outside = ~neighbourhood(grid, preset, device).T  # [queries, keys]
-    outputs = [first_labels.copy()]
     for target in range(1, len(features)):
         ctx = context_frames(target, preset)
         uniq = sorted(set(ctx))  # frame 0 first
@@ -245,9 +264,9 @@ def propagate(features: torch.Tensor, first_labels: np.ndarray, preset: Preset,
         for j, frame in enumerate(ctx):
             (windowed if j > 0 or preset.restrict_first else free)[uniq.index(frame)] += 1
         ctx_keys = keys[uniq].reshape(-1, keys.shape[-1])  # [U*hw, C]
-        ctx_labels = labels[uniq].permute(1, 0, 2).reshape(len(ids), -1)  # [L, U*hw]
+        ctx_labels = labels[uniq].permute(1, 0, 2).reshape(len(first), -1)  # [L, U*hw]
         chunk = max(1, max_elements // (len(uniq) * hw))
-        pred = torch.empty(len(ids), hw, device=device)
+        pred = torch.empty(len(first), hw, device=device)
         for q0 in range(0, hw, chunk):
             aff = (keys[target, q0:q0 + chunk] @ ctx_keys.T).view(-1, len(uniq), hw)  # [nq, U, hw]
             windowed_only = aff if preset.restrict_first else aff[:, 1:]
@@ -262,8 +281,7 @@ def propagate(features: torch.Tensor, first_labels: np.ndarray, preset: Preset,
             weights = weights / weights.sum(1, keepdim=True)  # softmax over the top-k multiset
             pred[:, q0:q0 + chunk] = (ctx_labels[:, idx] * weights).sum(-1)
         labels[target] = pred
-        outputs.append(_decode(pred, grid, preset, ids, out_size).astype(first_labels.dtype))
-    return outputs
+    return labels
 
 
 @torch.no_grad()

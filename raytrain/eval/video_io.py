@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ class VideoResult:
     scores: SequenceScores | None  # per-object per-frame J and F (None: no ground truth to score)
     seconds: float = 0.0  # time spent in `work`
     extra: dict[str, bytes] = field(default_factory=dict)  # other files, by path relative to the output folder
+    stats: Any = None  # the benchmarks' per-video numbers (keypoint distances, confusion matrix, frame IoUs)
 
 
 def read_rgb(video: Video, index: int) -> np.ndarray:
