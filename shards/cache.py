@@ -90,3 +90,16 @@ def synthetic_val(seed: int = 0) -> str:
     """A small synthetic DAVIS-layout validation set (2 val videos, 8 frames, 64 px high)."""
     return _once(cache_dir() / f"davis-val-s{seed}",
                  lambda p: write_davis(p, num_videos=3, num_frames=8, height=64, num_val=2, seed=seed + 1))
+
+
+# The benchmark sets' built-in synthetic sizes: (videos, frames).
+SYNTHETIC_BENCHMARKS = {"jhmdb": (3, 8), "vip": (2, 6), "davis2016": (2, 6), "segtrackv2": (3, 6), "fbms": (2, 22)}
+
+
+def synthetic_benchmark(dataset: str, seed: int = 0) -> str:
+    """A small synthetic set in `dataset`'s layout (`shards.bench_synth`), generated once into the cache."""
+    from .bench_synth import write_benchmark
+
+    videos, frames = SYNTHETIC_BENCHMARKS[dataset]
+    return _once(cache_dir() / f"eval-{dataset}-s{seed}",
+                 lambda p: write_benchmark(dataset, p, num_videos=videos, num_frames=frames, seed=seed))

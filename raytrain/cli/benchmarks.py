@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from raytrain.cli.evaluate import evaluate, inputs, model_spec
 from raytrain.config import EvalSMTCConfig, ScoreConfig
 from raytrain.eval.bench_score import score_benchmark
 from raytrain.eval.discovery import DiscoverySettings
@@ -27,22 +28,11 @@ from raytrain.eval.report import output_folder, upload
 from raytrain.eval.video_io import VideoResult
 from raytrain.methods import smtc
 from shards.bench_layout import FOREGROUND_SETS, read_foreground, read_jhmdb, read_vip
-from shards.bench_synth import write_benchmark
-from shards.cache import _once, cache_dir
+from shards.cache import synthetic_benchmark
 from shards.errors import UsageError, naming
 
 TASK_OF = {"jhmdb": "propagation", "vip": "propagation", **{d: "discovery" for d in FOREGROUND_SETS}}
 FOLDER = {"jhmdb": "keypoints", "vip": "parts", **{d: "foreground" for d in FOREGROUND_SETS}}
-SYNTHETIC = {"jhmdb": (3, 8), "vip": (2, 6), "davis2016": (2, 6), "segtrackv2": (3, 6), "fbms": (2, 22)}  # videos, frames
-
-
-def synthetic_benchmark(dataset: str, seed: int = 0) -> str:
-    """A small synthetic set in `dataset`'s layout, generated once into the cache."""
-    videos, frames = SYNTHETIC[dataset]
-    return _once(cache_dir() / f"eval-{dataset}-s{seed}",
-                 lambda p: write_benchmark(dataset, p, num_videos=videos, num_frames=frames, seed=seed))
-
-
 class Writer:
     """Writes each result's masks under `<out>/<folder>/<name>/` and its extra files, as they arrive."""
 
@@ -70,7 +60,6 @@ def combine(dataset: str, results: list[VideoResult]) -> dict[str, Any]:
 
 def main_benchmark(cfg: EvalSMTCConfig) -> dict[str, Any]:
     """Evaluate SMTC (or DINO weights, for propagation) on one of the benchmark sets."""
-    from raytrain.cli.evaluate import _inputs, _spec, evaluate  # the DAVIS job's helpers
 
     dataset = cfg.dataset
     if cfg.task != TASK_OF[dataset]:
@@ -80,7 +69,7 @@ def main_benchmark(cfg: EvalSMTCConfig) -> dict[str, Any]:
         raise UsageError(f"--preset must be one of {', '.join(PRESETS)}, got {preset_name!r}")
     if cfg.foreground not in RULES:
         raise UsageError(f"--foreground must be one of {', '.join(RULES)}, got {cfg.foreground!r}")
-    spec = _spec(cfg, smtc.METHOD)
+    spec = model_spec(cfg, smtc.METHOD)
     data = cfg.data or synthetic_benchmark(dataset, cfg.seed)
     with naming("--data", data):
         if dataset == "jhmdb":
@@ -90,7 +79,7 @@ def main_benchmark(cfg: EvalSMTCConfig) -> dict[str, Any]:
         else:
             items = read_foreground(data, dataset, cfg.imset)
     items = items[:cfg.videos] if cfg.videos > 0 else items
-    out = output_folder(cfg.out, f"eval/smtc-{dataset}", _inputs(cfg, data))
+    out = output_folder(cfg.out, f"eval/smtc-{dataset}", inputs(cfg, data))
     extra: dict[str, Any] = {"dataset": dataset, "task": cfg.task}
     if dataset == "jhmdb":
         work = partial(keypoint_video, preset=PRESETS[preset_name])

@@ -60,7 +60,7 @@ def _prepare(method: Method, argv: Sequence[str] | None) -> Any:
     return cfg
 
 
-def _spec(cfg: Any, method: Method) -> ModelSpec:
+def model_spec(cfg: Any, method: Method) -> ModelSpec:
     """The model spec, its weights read and checked here; errors name the weights flag."""
     flag = "--checkpoint" if cfg.checkpoint or not getattr(cfg, "dino_path", "") else "--dino_path"
     with naming(flag, cfg.checkpoint or getattr(cfg, "dino_path", "")):
@@ -70,7 +70,7 @@ def _spec(cfg: Any, method: Method) -> ModelSpec:
     return spec
 
 
-def _inputs(cfg: Any, data: str) -> list[tuple[str, str]]:
+def inputs(cfg: Any, data: str) -> list[tuple[str, str]]:
     """What an evaluation reads, which its --out must keep clear of."""
     return [("--data", data), ("--checkpoint", cfg.checkpoint), ("--dino_path", getattr(cfg, "dino_path", "")),
             ("--imset", getattr(cfg, "imset", ""))]
@@ -89,7 +89,7 @@ def main_smtc(argv: Sequence[str] | None = None) -> dict[str, Any]:
         from raytrain.cli.benchmarks import main_benchmark
         return main_benchmark(cfg)
     cfg = dataclasses.replace(cfg, preset=cfg.preset or "A")
-    spec = _spec(cfg, smtc.METHOD)
+    spec = model_spec(cfg, smtc.METHOD)
     data = cfg.data or synthetic_davis(cfg.seed)
     discovery = cfg.task == "discovery"
     with naming("--data", data):
@@ -99,7 +99,7 @@ def main_smtc(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if discovery and videos and not any(v.annotations for v in videos):
         print(f"{data} has no Annotations_unsupervised/480p (a separate DAVIS download): proposals are written "
               "but not scored", flush=True)
-    out = output_folder(cfg.out, f"eval/smtc-{cfg.task}", _inputs(cfg, data))
+    out = output_folder(cfg.out, f"eval/smtc-{cfg.task}", inputs(cfg, data))
     if discovery:
         settings = DiscoverySettings(mode=cfg.mode, size=(cfg.height, cfg.width), window=cfg.window,
                                      iters=cfg.iters, seed=cfg.seed, max_proposals=cfg.max_proposals)
@@ -123,14 +123,14 @@ def main_smtc(argv: Sequence[str] | None = None) -> dict[str, Any]:
 def main_stmae(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """`python jobs/eval_stmae.py [flags]`: STMAE on DAVIS-2016/2017 or YouTube-VOS 2018/2019."""
     cfg = _prepare(stmae.METHOD, argv)
-    spec = _spec(cfg, stmae.METHOD)
+    spec = model_spec(cfg, stmae.METHOD)
     data = cfg.data or synthetic_vos(cfg.dataset, cfg.seed)
     with naming("--data", data):
         items = list_vos_videos(cfg.dataset, data, cfg.split, cfg.imset)
     items = items[:cfg.videos] if cfg.videos > 0 else items
     if not is_youtube(cfg.dataset):  # YouTube-VOS valid is annotated where objects appear, and not scored here
         _refuse_partial_ground_truth(data, [item.video for item in items])
-    out = output_folder(cfg.out, f"eval/stmae-{cfg.dataset}", _inputs(cfg, data))
+    out = output_folder(cfg.out, f"eval/stmae-{cfg.dataset}", inputs(cfg, data))
     settings = VOSSettings(mem_every=cfg.mem_every, top_k=cfg.top_k, size=cfg.size, amp=cfg.amp,
                            max_mem_frames=cfg.max_mem_frames)
     youtube = is_youtube(cfg.dataset)
