@@ -53,6 +53,7 @@ from typing import Any, Callable, Iterator
 import ray
 import ray.train
 
+from bench.steplog import StepLog, records
 from raytrain.config import SMTCConfig
 from raytrain.data.pipeline import clip_bytes
 from raytrain.data.plan import stream_config
@@ -72,32 +73,6 @@ LOCALITY_RESOLUTION = 64
 PLACEMENTS = {"spread": "spread over the cluster (Ray Data's default; before)",
               "node": "the trainer's node (now; RAYTRAIN_DECODE_LOCALITY=node)",
               "prefer": "the trainer's node while a CPU is free there (RAYTRAIN_DECODE_LOCALITY=prefer)"}
-
-
-class StepLog(ray.train.UserCallback):
-    """Appends each report's step, world size and wall time (and failures) to a JSON-lines file."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def _write(self, record: dict) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps({**record, "t": time.time()}) + "\n")
-
-    def after_report(self, run_context, metrics, checkpoint) -> None:
-        self._write({"step": metrics[0]["step"], "world": len(metrics), "checkpoint": checkpoint is not None})
-
-    def after_exception(self, run_context, worker_exceptions) -> None:
-        self._write({"failed_ranks": sorted(worker_exceptions)})
-
-
-def records(path: Path) -> list[dict]:
-    """The complete lines of a JSON-lines file (one may be half-written)."""
-    out = []
-    for line in path.read_text().splitlines() if path.exists() else []:
-        with contextlib.suppress(json.JSONDecodeError):
-            out.append(json.loads(line))
-    return out
 
 
 def attempts(folder: Path) -> list[set[int]]:

@@ -9,7 +9,7 @@
 #   bash bench/gpu_check.sh              # on the GPU machine; without a GPU it says so and exits 0
 #   bash bench/gpu_check.sh --cpu-smoke  # every step at a tiny size on the CPU (CI: tests/test_gpu_check.py)
 #
-# simplejpeg (the CPU decode path) travels as a wheel in bench/wheels/: run bench/fetch_wheels.sh once
+# simplejpeg (the CPU decode path) travels as a wheel in bench/gpu/wheels/: run bench/gpu/fetch_wheels.sh once
 # where pip reaches PyPI. PYTHON picks the interpreter (default python3).
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -27,12 +27,12 @@ if [[ "${1:-}" != "--cpu-smoke" ]] && ! "$py" -c "import sys, torch; sys.exit(no
 fi
 if ! "$py" -c "import simplejpeg" 2>/dev/null; then
     site="$(mktemp -d)"
-    if ! "$py" -m pip install -q --no-index --no-deps --find-links bench/wheels --target "$site" simplejpeg; then
-        echo "gpu_check: simplejpeg is not installed and bench/wheels/ has no wheel for this Python:" \
-             "run bench/fetch_wheels.sh where pip reaches PyPI, and bring bench/wheels/ along" >&2
+    if ! "$py" -m pip install -q --no-index --no-deps --find-links bench/gpu/wheels --target "$site" simplejpeg; then
+        echo "gpu_check: simplejpeg is not installed and bench/gpu/wheels/ has no wheel for this Python:" \
+             "run bench/gpu/fetch_wheels.sh where pip reaches PyPI, and bring bench/gpu/wheels/ along" >&2
         exit 1
     fi
     export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
-exec "$py" bench/gpu_check.py "$@"
+exec "$py" bench/gpu/gpu_check.py "$@"

@@ -16,7 +16,6 @@ CPU smoke run of bench/gpu_check.sh); --json appends every row as one JSON line.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import resource
 import statistics
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
+from bench.tables import best_time, save_json, table
 from raytrain.config import SMTCConfig
 from raytrain.matching import batched_assignment
 from raytrain.train.smtc_task import SMTCTask
@@ -64,21 +64,11 @@ def bench_step(device: torch.device, batch: int, steps: int, model: dict | None 
             "peak MiB": peak, "memory": "max_memory_allocated" if cuda else "maxrss growth"}
 
 
-def _best_time(fn, repeats: int) -> float:
-    """Fastest of `repeats` runs (robust to other load on the machine)."""
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
-
-
 def bench_matching(device: torch.device, repeats: int = 5) -> dict[str, float | str]:
     cost = torch.rand(32, 16, 16, 4, 4, generator=torch.Generator().manual_seed(0))  # clips, slots, pairs, P, P
     flat = cost.reshape(-1, 4, 4).numpy()
     ref = np.stack([linear_sum_assignment(c)[1] for c in flat])
-    scipy_s = _best_time(lambda: [linear_sum_assignment(c) for c in flat], repeats)
+    scipy_s = best_time(lambda: [linear_sum_assignment(c) for c in flat], repeats, warmup=0)
     on_device = cost.to(device)
     cols = batched_assignment(on_device)  # also builds the permutation table
 
@@ -87,27 +77,11 @@ def bench_matching(device: torch.device, repeats: int = 5) -> dict[str, float | 
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    ours = _best_time(batched, repeats)
+    ours = best_time(batched, repeats, warmup=0)
     where = f"cpu, {torch.get_num_threads()} threads" if device.type == "cpu" else device.type
     return {"device": where, "problems": flat.shape[0], "scipy loop ms": 1e3 * scipy_s,
             "batched ms": 1e3 * ours, "speed-up": scipy_s / ours,
             "same assignments": bool((cols.reshape(-1, 4).cpu().numpy() == ref).all())}
-
-
-def _save(path: str, bench: str, rows: list[dict]) -> None:
-    if path:
-        with open(path, "a") as f:
-            f.writelines(json.dumps({"bench": bench, **r}) + "\n" for r in rows)
-
-
-def _fmt(v: object) -> str:
-    return f"{v:.3g}" if isinstance(v, float) else str(v)
-
-
-def _table(rows: list[dict]) -> str:
-    keys = list(rows[0])
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    return "\n".join(lines + ["| " + " | ".join(_fmt(r[k]) for k in keys) + " |" for r in rows])
 
 
 def main() -> None:
@@ -126,10 +100,10 @@ def main() -> None:
     rows = [bench_step(torch.device("cpu"), args.cpu_batch, args.steps, model, args.warmup)] if args.cpu_batch else []
     if torch.cuda.is_available():
         rows += [bench_step(torch.device("cuda"), b, args.steps, model, args.warmup) for b in args.cuda_batch]
-    _save(args.json, "smtc_step", rows)
+    save_json(args.json, rows, bench="smtc_step")
     print(f"## SMTC train step ({model['num_frames']} frames, {model['resolution']}^2, {model['num_slots']} slots x "
           f"{model['num_instance']} instances, torch threads {torch.get_num_threads()})\n")
-    print(_table(rows) if rows else "(no device row: --cpu_batch 0 and no GPU)")
+    print(table(rows) if rows else "(no device row: --cpu_batch 0 and no GPU)")
     print("\n## Batched Hungarian vs scipy linear_sum_assignment loop (one upstream step, P = 4)\n")
     threads = torch.get_num_threads()
     rows = []
@@ -139,8 +113,8 @@ def main() -> None:
     torch.set_num_threads(threads)
     if torch.cuda.is_available():
         rows.append(bench_matching(torch.device("cuda")))
-    _save(args.json, "matching", rows)
-    print(_table(rows))
+    save_json(args.json, rows, bench="matching")
+    print(table(rows))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import time
 import numpy as np
 import torch
 
+from bench.tables import save_json
 from raytrain.config import STMAEConfig
 from raytrain.eval.stmae_vos import propagate_video
 from raytrain.models.stmae import STMAE
@@ -150,13 +151,10 @@ def main() -> None:
               f"{r['peak_gib']:.2f} | {r['clips_per_s'] / ref['clips_per_s']:.2f}x | "
               f"{r['peak_gib'] / ref['peak_gib']:.2f}x |")
     inf = inference_row(args)
-    if args.json:
-        with open(args.json, "a") as f:
-            for variant, batch, r in rows:
-                f.write(json.dumps({"bench": "stmae_step", "device": name, "variant": variant, "batch": batch,
-                                    "size": args.size, "num_frames": args.num_frames, **r}) + "\n")
-            f.write(json.dumps({"bench": "stmae_inference", "device": name, "height": args.video_size[0],
-                                "width": args.video_size[1], "frames": args.video_frames, "amp": cuda, **inf}) + "\n")
+    save_json(args.json, [{"variant": variant, "batch": batch, "size": args.size, "num_frames": args.num_frames, **r}
+                          for variant, batch, r in rows], bench="stmae_step", device=name)
+    save_json(args.json, [{"height": args.video_size[0], "width": args.video_size[1], "frames": args.video_frames,
+                           "amp": cuda, **inf}], bench="stmae_inference", device=name)
     print(f"\nSTMAE inference ({name}; {args.video_size[0]}x{args.video_size[1]}, {args.video_frames} frames, "
           "2 objects, mem_every 5, top-k 30"
           f"{', bf16' if cuda else ', fp32'})\n")

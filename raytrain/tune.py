@@ -122,9 +122,10 @@ def drive_trial(config: dict[str, Any]) -> None:
     name = ray.tune.get_context().get_trial_name()
     params = {k: config[k] for k in method.searched}
     cfg = from_dict(method.config, {**config["base"], **params, "name": name, "storage_path": config["train_storage"]})
-    result = make_trainer(method, cfg, callbacks=[TuneReportCallback()]).fit()
-    if fatal_error(result):
-        raise UserError(fatal_error(result))
+    make_trainer(method, cfg, callbacks=[TuneReportCallback()]).fit()
+    why = fatal_error(method, cfg)
+    if why:
+        raise UserError(why)
 
 
 def max_concurrent(cfg: Any, resources: dict[str, float]) -> int:

@@ -166,3 +166,13 @@ def make_bucket(name: str) -> str:
 
     boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"]).create_bucket(Bucket=name)
     return f"s3://{name}"
+
+
+def packed_ytvos(root: Path) -> str:
+    """A small YouTube-VOS-layout set (4 videos of 12 frames, 64p) packed into ~60 KB shards under `root`."""
+    from shards.pack import pack
+    from shards.synth import write_ytvos
+
+    write_ytvos(root / "yt", num_videos=4, num_frames=12, height=64, num_val=1, seed=4)
+    pack(str(root / "yt"), str(root / "shards"), layout="ytvos", split="train", shard_size="60KB")
+    return str(root / "shards")

@@ -13,7 +13,6 @@ CPU is left to the worker's data tasks.
 from __future__ import annotations
 
 import json
-import sys
 import threading
 import time
 from pathlib import Path
@@ -23,7 +22,9 @@ import pytest
 import ray
 import ray.train
 
-from conftest import private_cluster
+from bench import steplog
+from bench.steplog import StepLog, records
+from conftest import packed_ytvos, private_cluster
 from raytrain.config import SMTCConfig
 from raytrain.checkpoints import load_checkpoint_state
 from raytrain.data.plan import Plan
@@ -31,37 +32,13 @@ from raytrain.data.sources import load_source
 from raytrain.data.plan import stream_config
 from raytrain.train.loop import CLIP_LOG_ENV, make_trainer
 from raytrain.methods.smtc import METHOD as SMTC_METHOD
-from shards.pack import pack
-from shards.synth import write_ytvos
 
 pytestmark = pytest.mark.slow
-ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # StepLog runs in the Train controller
+ray.cloudpickle.register_pickle_by_value(steplog)  # StepLog runs in the Train controller
 
 CPUS_PER_WORKER = 2
 TINY = dict(resolution=32, num_slots=2, num_instance=2, batch_size=2, clips_per_video=2, grad_iter=0, lr=1e-4,
             cpus_per_worker=CPUS_PER_WORKER)
-
-
-class StepLog(ray.train.UserCallback):
-    """Appends each report's step, number of reporting workers and wall time to a JSON-lines file."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def after_report(self, run_context, metrics, checkpoint) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"step": metrics[0]["step"], "world": len(metrics),
-                                "checkpoint": checkpoint is not None, "t": time.time()}) + "\n")
-
-
-def _records(path: Path) -> list[dict]:
-    out = []
-    for line in path.read_text().splitlines() if path.exists() else []:
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:  # a line being written
-            pass
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -72,10 +49,7 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def shards(cluster):
-    root = cluster[2]
-    write_ytvos(root / "yt", num_videos=4, num_frames=12, height=64, num_val=1, seed=4)
-    pack(str(root / "yt"), str(root / "shards"), layout="ytvos", split="train", shard_size="60KB")
-    return str(root / "shards")
+    return packed_ytvos(cluster[2])
 
 
 def _two_worker_nodes(c) -> None:
@@ -170,7 +144,7 @@ def test_an_elastic_run_goes_on_without_a_lost_node_and_grows_back(cluster, shar
 
     def watch(running: Callable[[], bool]) -> None:
         def mid_interval() -> bool:  # a step after the first checkpoint, both workers up
-            reports = _records(log)
+            reports = records(log)
             first = next((r["step"] for r in reports if r["checkpoint"]), None)
             return bool(first and reports[-1]["step"] > first and len(_worker_nodes()) == 2)
 
@@ -178,14 +152,14 @@ def test_an_elastic_run_goes_on_without_a_lost_node_and_grows_back(cluster, shar
         victim = next(n for n in c.worker_nodes if n.node_id in _worker_nodes())
         ev["loss"] = time.time()
         c.remove_node(victim, allow_graceful=False)
-        _wait(lambda: len([r for r in _records(log) if r["t"] > ev["loss"] and r["world"] == 1]) >= 2, running,
+        _wait(lambda: len([r for r in records(log) if r["t"] > ev["loss"] and r["world"] == 1]) >= 2, running,
               600, "two steps on one worker after the node loss")
         ev["return"] = time.time()
         c.add_node(num_cpus=3)
 
     result = _fit_while(cfg, log, watch)
 
-    reports = _records(log)
+    reports = records(log)
     before = [r for r in reports if r["t"] < ev["loss"]]
     alone = [r for r in reports if ev["loss"] < r["t"] < ev["return"]]
     after = [r for r in reports if r["t"] > ev["return"]]

@@ -12,17 +12,16 @@ and the third CPU of a node is left to the data tasks.
 """
 from __future__ import annotations
 
-import json
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import ray
 import ray.train
 
-from conftest import private_cluster
+from bench import steplog
+from bench.steplog import StepLog, records
+from conftest import packed_ytvos, private_cluster
 from raytrain.config import parse
 from raytrain.config import SMTCConfig
 from raytrain.config import SMTCSweepConfig
@@ -30,34 +29,11 @@ from raytrain.checkpoints import load_checkpoint_state
 from raytrain.train.loop import FAILURE_ENV, make_trainer
 from raytrain.tune import run_sweep
 from raytrain.methods.smtc import METHOD as SMTC_METHOD
-from shards.pack import pack
-from shards.synth import write_ytvos
 
 pytestmark = pytest.mark.slow
-ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # StepLog runs in the Train controller
+ray.cloudpickle.register_pickle_by_value(steplog)  # StepLog runs in the Train controller
 
 TINY = dict(resolution=64, num_slots=4, num_instance=2, batch_size=2, clips_per_video=2, grad_iter=0, lr=1e-4)
-
-
-class StepLog(ray.train.UserCallback):
-    """Appends each report's step and wall time (and failures) to a JSON-lines file."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def _write(self, record: dict) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps({**record, "t": time.time()}) + "\n")
-
-    def after_report(self, run_context, metrics, checkpoint) -> None:
-        self._write({"step": metrics[0]["step"], "checkpoint": checkpoint is not None})
-
-    def after_exception(self, run_context, worker_exceptions) -> None:
-        self._write({"failed_ranks": sorted(worker_exceptions)})
-
-
-def _records(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 @pytest.fixture(scope="module")
@@ -68,10 +44,7 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def shards(cluster):
-    root = cluster[2]
-    write_ytvos(root / "yt", num_videos=4, num_frames=12, height=64, num_val=1, seed=4)
-    pack(str(root / "yt"), str(root / "shards"), layout="ytvos", split="train", shard_size="60KB")
-    return str(root / "shards")
+    return packed_ytvos(cluster[2])
 
 
 def _worker_nodes() -> set[str]:
@@ -93,7 +66,7 @@ def test_training_survives_the_loss_of_a_node(cluster, shards, tmp_path):
     def remove_a_worker_node() -> None:
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
-            reports = [r for r in _records(log) if "step" in r]
+            reports = [r for r in records(log) if "step" in r]
             first_checkpoint = next((r["step"] for r in reports if r["checkpoint"]), None)
             if first_checkpoint and reports[-1]["step"] > first_checkpoint:  # mid-way between checkpoints
                 held = _worker_nodes()
@@ -112,10 +85,10 @@ def test_training_survives_the_loss_of_a_node(cluster, shards, tmp_path):
     watcher.join(timeout=5)
 
     assert "t" in removed, "the run ended before a worker's node could be removed"
-    records = _records(log)
-    failure = next(i for i, r in enumerate(records) if "failed_ranks" in r)
-    before = [r for r in records[:failure] if "step" in r]
-    after = [r for r in records[failure:] if "step" in r]
+    logged = records(log)
+    failure = next(i for i, r in enumerate(logged) if "failed_ranks" in r)
+    before = [r for r in logged[:failure] if "step" in r]
+    after = [r for r in logged[failure:] if "step" in r]
     last_checkpoint = max(r["step"] for r in before if r["checkpoint"])
     # Resumed right after the last checkpoint, on the surviving nodes, and ran to the planned step.
     assert after[0]["step"] == last_checkpoint + 1
@@ -123,7 +96,7 @@ def test_training_survives_the_loss_of_a_node(cluster, shards, tmp_path):
     assert before[-1]["step"] - last_checkpoint < every  # steps trained twice: fewer than a checkpoint interval
     assert load_checkpoint_state(result.checkpoint.path)["step"] == steps
     recovery = after[0]["t"] - removed["t"]
-    detected = records[failure]["t"] - removed["t"]
+    detected = logged[failure]["t"] - removed["t"]
     print(f"\nnode removed at step {removed['step']}; failure seen by the controller after {detected:.1f} s; "
           f"first step after the resume (step {after[0]['step']}, from checkpoint {last_checkpoint}) "
           f"{recovery:.1f} s after the node removal; {before[-1]['step'] - last_checkpoint} step(s) retrained")

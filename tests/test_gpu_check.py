@@ -28,7 +28,7 @@ def test_without_a_gpu_it_says_so_and_exits_0(tmp_path):
 def test_without_ray_blocks_ray_imports(tmp_path):
     script = tmp_path / "imports.py"
     script.write_text("try:\n    import raytrain.data.pipeline\nexcept ImportError as e:\n    print('blocked:', e)\n")
-    r = _run([sys.executable, "bench/without_ray.py", str(script)], tmp_path, 120)
+    r = _run([sys.executable, "bench/gpu/without_ray.py", str(script)], tmp_path, 120)
     assert r.returncode == 0, r.stderr
     assert "blocked: import of ray halted" in r.stdout
 

@@ -125,9 +125,9 @@ def test_a_run_resumed_on_fewer_workers_trains_on_the_same_clips(shards, tmp_pat
 
     # A checkpoint that cannot fit the model these flags build fails the run at once, with the tensor named,
     # instead of after --max_failures restarts that load it again.
-    result = fit(get("smtc"), dataclasses.replace(cfg, name="moved", steps=8, num_slots=3, max_failures=3,
-                                                  allow_config_change=True))
-    why = fatal_error(result)
+    changed = dataclasses.replace(cfg, name="moved", steps=8, num_slots=3, max_failures=3, allow_config_change=True)
+    fit(get("smtc"), changed)
+    why = fatal_error(get("smtc"), changed)
     assert why is not None and "does not fit the model these flags build" in why and "slot" in why, why
 
 

@@ -69,8 +69,9 @@ def main(method: Method, argv: Sequence[str] | None = None) -> None:
         if "val_data" not in given_fields(method.config, argv):
             cfg = dataclasses.replace(cfg, val_data=synthetic_videos("davis", cfg.seed))
     result = fit(method, cfg)
-    if fatal_error(result):
-        raise UserError(fatal_error(result))
+    why = fatal_error(method, cfg)
+    if why:
+        raise UserError(why)
     storage, name = run_dir(cfg, method.name)
     where = storage_uri(result.checkpoint.filesystem, result.checkpoint.path) if result.checkpoint else None
     state = last_state(where) if where else {}

@@ -30,7 +30,7 @@ from raytrain.data.pipeline import BLOCK_BYTES_ENV, DECODE_LOCALITY_ENV, DataHea
 from raytrain.data.plan import StreamConfig, rank_index, sampler_state, stream_config, stream_mismatch
 from raytrain.data.sources import load_source
 from raytrain.method import Method
-from raytrain.runtime import run_dir, run_location
+from raytrain.runtime import run_dir, run_location, take_fatal, write_fatal
 
 log = logging.getLogger("raytrain.train")
 
@@ -38,7 +38,6 @@ FAILURE_ENV = "RAYTRAIN_INJECT_FAILURE"  # "step:rank:marker" — kill that work
 # Where S3-compatible storage is (MinIO, a loopback test server): passed to the workers, which read shards and
 # checkpoints. Credentials are not passed: nodes get them from their own environment or instance role.
 S3_SETTINGS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
-FATAL = "fatal"  # the metric a run that cannot go on reports its reason under, instead of raising
 CLIP_LOG_ENV = "RAYTRAIN_CLIP_LOG"  # a folder: each rank appends the clips of every batch it trains on (audits)
 # How often an elastic run (--min_workers) checks for room for more workers (Ray Train's default: 60 s).
 RESIZE_INTERVAL_ENV = "RAYTRAIN_RESIZE_INTERVAL_S"
@@ -177,9 +176,10 @@ def _resume(task: Any, where: str, state: dict[str, Any], cfg: Any, scfg: Stream
     return None
 
 
-def fatal_error(result: ray.train.Result) -> str | None:
-    """Why a run ended without training on (a checkpoint it cannot resume from), or None."""
-    return (result.metrics or {}).get(FATAL)
+def fatal_error(method: Method, cfg: RunConfig) -> str | None:
+    """Why the run's workers stopped without training on (a checkpoint they cannot resume from), or None; read
+    once, after `fit`."""
+    return take_fatal(run_location(cfg, method.name))
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -205,7 +205,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         except CheckpointError as e:
             # A retry would load the same checkpoint and fail the same way: end the run with the reason instead
             # (the driver raises it, `fatal_error`), not after --max_failures restarts.
-            ray.train.report({"step": int(state.get("step", 0)), FATAL: str(e)})
+            if rank == 0:
+                write_fatal(config["run"], str(e))
             return
         step, starts, curve = int(state["step"]), list(state["starts"]), list(state.get("curve", []))
         if rank == 0:
@@ -323,4 +324,5 @@ def fit(method: Method, cfg: RunConfig) -> ray.train.Result:
     """Train `method` on Ray Train; resumes if the run name already has checkpoints."""
     if not cfg.data:
         raise ValueError("--data: no shard folder given")
+    take_fatal(run_location(cfg, method.name))  # a reason left by an earlier submission is not this one's
     return make_trainer(method, cfg).fit()

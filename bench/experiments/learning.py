@@ -22,7 +22,7 @@ benchmark under 45 minutes on 2 cores) and, for STMAE, from probes of the earlie
 "Shown to learn": dot keys, then frozen identity BatchNorm making every memory read the mean mask), before
 this version was run; numbers are reported as measured.
 
-Usage: python bench/learning.py [--out runs/bench-learning] [--smtc_steps 100] [--stmae_steps 150] [--with_dot]
+Usage: python bench/experiments/learning.py [--out runs/bench-learning] [--smtc_steps 100] [--stmae_steps 150] [--with_dot]
 Writes <out>/learning.md (the table) and <out>/learning_curves.png.
 """
 from __future__ import annotations
@@ -40,21 +40,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parents[2]
 
-from raytrain.eval import davis  # noqa: E402
-from raytrain.eval.models import ModelSpec, build_model  # noqa: E402
-from raytrain.eval.video_io import read_rgb  # noqa: E402
-from raytrain.models.stmae import similarity  # noqa: E402
-from raytrain.augment import normalize_uint8  # noqa: E402
-from raytrain.eval.validate import discovery_size  # noqa: E402
-from raytrain.eval.video_io import read_ground_truth  # noqa: E402
-from raytrain.checkpoints import STATE_FILE, load_checkpoint_state  # noqa: E402
-from shards.cache import SYNTHETIC_SET  # noqa: E402
-from shards.layout import list_videos  # noqa: E402
-from shards.pack import pack  # noqa: E402
-from shards.synth import VOID, write_davis, write_ytvos  # noqa: E402
+from raytrain.eval import davis
+from raytrain.eval.models import ModelSpec, build_model
+from raytrain.eval.video_io import read_rgb
+from raytrain.models.stmae import similarity
+from raytrain.augment import normalize_uint8
+from raytrain.eval.validate import discovery_size
+from raytrain.eval.video_io import read_ground_truth
+from raytrain.checkpoints import STATE_FILE, load_checkpoint_state
+from shards.cache import SYNTHETIC_SET
+from shards.layout import list_videos
+from shards.pack import pack
+from shards.synth import VOID, write_davis, write_ytvos
 
 DATA = SYNTHETIC_SET  # the default runs' sizes (12 train + 4 val videos per layout), other seeds
 # STMAE memorised 12 training videos (an in-process probe: decoded masks IoU 0.17 on train videos, 0.08 on

@@ -1,7 +1,7 @@
 """Faithfulness of the benchmarks beyond DAVIS-2017, side by side with the reference code itself (not a test: it
 needs fetched copies of ajabri/videowalk and shvdiwnkozbw/SMTC, and opencv, scikit-image, imageio, einops).
 
-    python bench/reference_benchmarks.py --crw /tmp/ref-crw/code --smtc_utils /tmp/ref-smtc/src/utils.py \
+    PYTHONPATH=. python bench/experiments/reference_benchmarks.py --crw /tmp/ref-crw/code --smtc_utils /tmp/ref-smtc/src/utils.py \
         --mg_utils /tmp/ref-mg/src/utils.py [--work DIR]
 
 On synthetic JHMDB (320 x 240), VIP, SegTrack-v2 and FBMS sets it compares: the JHMDB label maps of every frame with
@@ -22,13 +22,13 @@ import scipy.io
 import torch
 import torch.nn.functional as F
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from raytrain.eval import foreground as fg  # noqa: E402
-from raytrain.eval.bench_score import score_benchmark  # noqa: E402
-from raytrain.eval.keypoints import label_map, read_keypoints  # noqa: E402
-from shards.bench_layout import read_foreground, read_jhmdb  # noqa: E402
-from shards.bench_synth import write_fbms, write_jhmdb, write_segtrackv2, write_vip  # noqa: E402
+from raytrain.eval import foreground as fg
+from raytrain.eval.bench_score import score_benchmark
+from raytrain.eval.keypoints import label_map, read_keypoints
+from shards.bench_layout import read_foreground, read_jhmdb
+from shards.bench_synth import write_fbms, write_jhmdb, write_segtrackv2, write_vip
+
+REPO = Path(__file__).resolve().parents[2]
 
 p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 p.add_argument("--crw", required=True, help="videowalk's code/ folder")

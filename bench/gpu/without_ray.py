@@ -1,7 +1,7 @@
 """Run a script or a module with `ray` unimportable, as on the GPU machine (which has no Ray).
 
-    python bench/without_ray.py SCRIPT [ARGS...]
-    python bench/without_ray.py -m MODULE [ARGS...]
+    python bench/gpu/without_ray.py SCRIPT [ARGS...]
+    python bench/gpu/without_ray.py -m MODULE [ARGS...]
 
 Any `import ray` (or `ray.*`) in what runs raises ImportError, so a GPU-side import chain that reaches Ray
 fails here as it would there. bench/gpu_check.sh runs every step through it.

@@ -11,13 +11,12 @@ references, 384²), bf16 autocast on CUDA:
    that a compilation that outlasts gpu_check's time cap leaves the other rows measured.
 Rows go to stdout and, with --json, one JSON line each, written as soon as measured.
 
-    python bench/gpu_profile.py --model smtc [stmae] [--json FILE]
-    python bench/gpu_profile.py --model smtc stmae --tiny --device cpu --compile_backend eager   # CPU smoke run
+    python bench/gpu/gpu_profile.py --model smtc [stmae] [--json FILE]
+    python bench/gpu/gpu_profile.py --model smtc stmae --tiny --device cpu --compile_backend eager   # CPU smoke run
 """
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import statistics
 import time
@@ -26,6 +25,7 @@ from typing import Any, Callable
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from bench.tables import save_json
 from raytrain.config import SMTCConfig, STMAEConfig
 from raytrain.train.smtc_task import SMTCTask
 from raytrain.train.stmae_task import STMAETask
@@ -127,9 +127,7 @@ def main() -> None:
     def emit(row: dict[str, Any]) -> None:
         row = {"bench": "profile", "device": device.type, **row}
         print(" | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True)
-        if args.json:
-            with open(args.json, "a") as f:
-                f.write(json.dumps(row) + "\n")
+        save_json(args.json, [row])
 
     for model in args.model:
         task, batch = make_task(model, args.tiny, device, "eager", args.compile_backend)

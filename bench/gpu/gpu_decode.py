@@ -9,13 +9,12 @@
    workers only gather the bytes and `device_decode.device_batches` decodes on the GPU one batch ahead, as
    `pipeline.clip_batches` does. Data wait = time the loop waits for the next batch / wall time.
 
-    python bench/gpu_decode.py [--json FILE]                 # on the GPU machine
-    python bench/gpu_decode.py --tiny --device cpu           # the CPU smoke run of bench/gpu_check.sh
+    python bench/gpu/gpu_decode.py [--json FILE]                 # on the GPU machine
+    python bench/gpu/gpu_decode.py --tiny --device cpu           # the CPU smoke run of bench/gpu_check.sh
 """
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import multiprocessing as mp
 import os
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from bench.tables import save_json
 from raytrain.config import SMTCConfig
 from raytrain.data import decode, device_decode, sampling
 from raytrain.train.smtc_task import SMTCTask
@@ -165,9 +165,7 @@ def main() -> None:
     for mode in ("cpu", "gpu"):
         rows.append({"bench": "data_wait", **data_wait(videos, mode, model, batch, steps, warmup, workers[mode],
                                                        device)})
-    if args.json:
-        with open(args.json, "a") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
+    save_json(args.json, rows)
     for r in rows:
         print(" | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()))
 

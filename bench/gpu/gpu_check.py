@@ -1,6 +1,6 @@
 """The steps of bench/gpu_check.sh, run one by one, and the Markdown file they make.
 
-Each step is a subprocess under `bench/without_ray.py` (the GPU machine has no Ray) with its own time cap, all
+Each step is a subprocess under `bench/gpu/without_ray.py` (the GPU machine has no Ray) with its own time cap, all
 of them inside one budget (default 450 s, so the whole check ends within 8 minutes). A step that fails or
 runs out of time is marked so in the table and the check goes on. Results reach this script as JSON lines
 (`--json` of each bench) and as pytest's JUnit XML; their output goes to gpu_check.log.
@@ -25,14 +25,14 @@ from typing import Any
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TIMM_VIT_S = 1053  # img/s, ViT-S/16 training at 224² with AMP on an RTX 3090 (timm's published benchmark)
 TIMM_AT_256 = TIMM_VIT_S * 196 / 256  # the same per token: 196 patches at 224², 256 at 256²
 XMEM_FPS = (22.6, 33.9)  # XMem on DAVIS, 2080 Ti: fp32, AMP
 
 
 def steps(smoke: bool, rows: str, junit: str) -> list[tuple[str, list[str], int]]:
-    """(name, argv after `python bench/without_ray.py`, time cap in seconds), most important first."""
+    """(name, argv after `python bench/gpu/without_ray.py`, time cap in seconds), most important first."""
     pytest = ["-m", "pytest", "-q", "-m", "gpu", "tests/test_gpu.py", f"--junitxml={junit}",
               "-o", "junit_family=xunit1", "-p", "no:cacheprovider"]
     if smoke:
@@ -44,8 +44,8 @@ def steps(smoke: bool, rows: str, junit: str) -> list[tuple[str, list[str], int]
                                           "--num_frames", "2", "--num_ref_frames", "1", "--steps", "1", "--warmup",
                                           "0", "--video_frames", "2", "--video_size", "32", "56", "--variants",
                                           "raytrain", "--json", rows], 60),
-            ("decode and data wait", ["bench/gpu_decode.py", "--tiny", "--device", "cpu", "--json", rows], 60),
-            ("profile", ["bench/gpu_profile.py", "--model", "smtc", "stmae", "--tiny", "--device", "cpu", "--warmup",
+            ("decode and data wait", ["bench/gpu/gpu_decode.py", "--tiny", "--device", "cpu", "--json", rows], 60),
+            ("profile", ["bench/gpu/gpu_profile.py", "--model", "smtc", "stmae", "--tiny", "--device", "cpu", "--warmup",
                          "0", "--steps", "1", "--profile_steps", "1", "--top", "3", "--trials", "channels_last",
                          "compile", "--compile_backend", "eager", "--json", rows], 90),
         ]
@@ -55,8 +55,8 @@ def steps(smoke: bool, rows: str, junit: str) -> list[tuple[str, list[str], int]
                        "--json", rows], 60),
         ("STMAE step and inference", ["bench/stmae_step.py", "--device", "cuda", "--batch", "8", "--steps", "5",
                                       "--warmup", "2", "--video_frames", "60", "--json", rows], 90),
-        ("decode and data wait", ["bench/gpu_decode.py", "--json", rows], 80),
-        ("profile", ["bench/gpu_profile.py", "--model", "smtc", "stmae", "--json", rows], 150),
+        ("decode and data wait", ["bench/gpu/gpu_decode.py", "--json", rows], 80),
+        ("profile", ["bench/gpu/gpu_profile.py", "--model", "smtc", "stmae", "--json", rows], 150),
     ]
 
 
@@ -75,7 +75,7 @@ def run_steps(plan: list[tuple[str, list[str], int]], budget: float, log: Path, 
             out.flush()
             t0 = time.monotonic()
             try:
-                rc = subprocess.run([sys.executable, "bench/without_ray.py", *argv], cwd=ROOT, env=env, stdout=out,
+                rc = subprocess.run([sys.executable, "bench/gpu/without_ray.py", *argv], cwd=ROOT, env=env, stdout=out,
                                     stderr=subprocess.STDOUT, timeout=limit).returncode
                 status[name] = "ok" if rc == 0 else f"failed (exit {rc}; see gpu_check.log)"
             except subprocess.TimeoutExpired:
