@@ -186,35 +186,55 @@ def read_sequence_list(gt_root: str | os.PathLike, set_name: str, task: str = SE
     return [line.strip() for line in data.decode().splitlines() if line.strip()]
 
 
+def _pngs(fs: pafs.FileSystem, folder: str, uri: str) -> dict[str, str]:
+    """Frame name -> path of the PNGs in a folder, `.png` or `.PNG` (any case); a frame stored under two
+    spellings is refused, naming both."""
+    out: dict[str, str] = {}
+    for info in fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True)):
+        name = info.base_name
+        if info.type != pafs.FileType.File or name[-4:].lower() != ".png":
+            continue
+        if name[:-4] in out:
+            raise UserError(f"{uri}: frame {name[:-4]} is there twice ({posixpath.basename(out[name[:-4]])} and "
+                            f"{name}); keep one")
+        out[name[:-4]] = info.path
+    return out
+
+
 def read_gt(annotations: str | os.PathLike, sequence: str) -> tuple[np.ndarray, list[str]]:
-    """All GT id maps of a sequence [T, H, W] and their frame names (sorted PNG stems)."""
+    """All GT id maps of a sequence [T, H, W] and their frame names (sorted stems of its `.png` / `.PNG` files)."""
     uri = _join(annotations, sequence)
     fs, folder = resolve(uri)
-    infos = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
-    paths = sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(".png"))
-    if not paths:
+    files = _pngs(fs, folder, uri)
+    if not files:
         raise NotFound(f"{uri}: no ground-truth PNGs for sequence {sequence!r}")
-    names = [posixpath.basename(p)[:-4] for p in paths]
-    frames = [_decode_ids(data, f"sequence {sequence!r}, frame {name}: ground truth {uri}/{name}.png")
-              for name, data in zip(names, _read_all(fs, paths))]
-    for name, m in zip(names, frames):
+    names = sorted(files)
+    paths = [files[n] for n in names]
+    frames = [_decode_ids(data, f"sequence {sequence!r}, frame {name}: ground truth {uri}/{posixpath.basename(p)}")
+              for name, p, data in zip(names, paths, _read_all(fs, paths))]
+    for path, m in zip(paths, frames):
         if m.shape != frames[0].shape:
-            raise UserError(f"{uri}/{name}.png: GT size {m.shape} differs from the sequence's first frame "
+            raise UserError(f"{uri}/{posixpath.basename(path)}: GT size {m.shape} differs from the sequence's first frame "
                              f"{frames[0].shape}")
     return np.stack(frames), names
 
 
 def read_predictions(results_dir: str | os.PathLike, sequence: str, frame_ids: Sequence[str],
                      shape: tuple[int, int]) -> np.ndarray:
-    """Predicted id maps `<results_dir>/<seq>/<frame>.png` [T, H, W]; each must have the GT size `shape`."""
+    """Predicted id maps `<results_dir>/<seq>/<frame>.png` (or `.PNG`) [T, H, W]; each must have the GT size."""
     uri = _join(results_dir, sequence)
     fs, folder = resolve(uri)
     if fs.get_file_info(folder).type != pafs.FileType.Directory:
         raise NotFound(f"{uri}: the results have no folder for sequence {sequence!r} "
                                 f"(expected {sequence}/<frame>.png for each GT frame)")
+    files = _pngs(fs, folder, uri)
+    missing = [f for f in frame_ids if f not in files]
+    if missing:
+        raise NotFound(f"sequence {sequence!r}, frame {missing[0]}: {uri}/{missing[0]}.png not found (expected one "
+                       "PNG per annotated frame, named as the GT)")
     out = []
-    for frame, data in zip(frame_ids, _read_all(fs, [f"{folder}/{f}.png" for f in frame_ids])):
-        where = f"sequence {sequence!r}, frame {frame}: {uri}/{frame}.png"
+    for frame, data in zip(frame_ids, _read_all(fs, [files[f] for f in frame_ids])):
+        where = f"sequence {sequence!r}, frame {frame}: {uri}/{posixpath.basename(files[frame])}"
         if data is None:
             raise NotFound(f"{where} not found (expected one PNG per annotated frame, named as the GT)")
         ids = _decode_ids(data, where)

@@ -97,7 +97,7 @@ def _sizes(uri: str) -> dict[str, int]:
     out: dict[str, int] = {}
     for info in fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True)):
         rel = info.path[len(base.rstrip("/")) + 1:].split("/")
-        if info.type == pafs.FileType.File and len(rel) == 2 and rel[1].endswith(".png"):
+        if info.type == pafs.FileType.File and len(rel) == 2 and rel[1][-4:].lower() == ".png":
             out[rel[0]] = out.get(rel[0], 0) + info.size
     return out
 
