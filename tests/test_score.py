@@ -166,6 +166,33 @@ def test_upper_case_png_suffixes_score_as_lower_case(data, tmp_path):
         score.score_folder(root, tmp_path / "semi", "semi")
 
 
+def test_num_workers_starts_ray_only_when_it_pays(data, tmp_path, monkeypatch):
+    """A set too small to repay a private Ray's start is scored in this process, with a line saying why."""
+    run = _cli("--davis", str(data / "davis"), "--results", str(data / "semi"), "--task", "semi", "--num_workers",
+               "2", "--out", str(tmp_path))
+    assert run.returncode == 0, run.stderr
+    assert "[score] scoring in this process, not on 2 Ray workers: the other 2 sequences take about" in run.stdout
+    assert "less than starting Ray takes" in run.stdout and "Started a local Ray" not in run.stdout + run.stderr
+
+    jobs = score.plan(data / "davis", data / "semi", "semi")
+    serial = davis.combine(score.score_jobs(jobs))
+    monkeypatch.setattr(score, "cluster_address", lambda: None)
+    monkeypatch.setattr("ray.is_initialized", lambda: False)
+
+    def no_ray() -> None:
+        raise AssertionError("Ray started")
+
+    monkeypatch.setattr(score, "init_ray", no_ray)
+    lines: list[str] = []
+    assert davis.combine(score.score_jobs(jobs, 2, lines.append)) == serial
+    assert len(lines) == 1 and "less than starting Ray takes" in lines[0]
+    monkeypatch.setattr(score, "RAY_START_S", -1.0)  # a start that always pays, on an idle machine
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    with pytest.raises(AssertionError, match="Ray started"):
+        score.score_jobs(jobs, 2, lines.append)
+
+
 def test_pyarrow_file_uris(data, tmp_path):
     expected = score.score_folder(data / "davis", data / "unsup", "unsup")
     got = score.score_folder(f"file://{data / 'davis'}", f"file://{data / 'unsup'}", "unsup",
