@@ -15,10 +15,13 @@ statistics and CSV files, computed with `raytrain.eval.metrics`.
 - Global numbers are plain means over objects; the CSV files are upstream's `global_results-<set>.csv` and
   `per-sequence_results-<set>.csv`, values written with "%.3f".
 
-How it is computed: per frame, J of every (object, proposal) pair comes from one count of (GT id,
-predicted id) pixel pairs inside the bounding box of the frame's non-zero pixels, and the boundary pixels of
-every id from one pass over the same box (`metrics.label_boundaries`); F then matches boundary pixels
-through a k-d tree. Files are read through pyarrow filesystems, so the DAVIS root and the results may be
+How it is computed: per frame, inside the bounding box of the frame's non-zero pixels, J of each object
+against its predicted id (semi-supervised) comes from pixel counts, J of every (object, proposal) pair
+(unsupervised) from one count of (GT id, predicted id) pixel pairs, and the boundary pixels of every id from
+one pass over the same box (`metrics.label_boundaries`); F then looks each boundary's pixels up in the other's
+dilated, bit-packed bitmap (`metrics.Boundary.matched`). Mask PNGs whose rows are stored unfiltered (what PIL
+and the DAVIS annotations use) are inflated with zlib-ng, others decoded by PIL; `.png` and `.PNG` are read
+alike (upstream reads `.png` only). Files are read through pyarrow filesystems, so the DAVIS root and the results may be
 local folders or URIs (`s3://`, `file://`); `write_csv` writes to either.
 
 Scoring is split so a distributed evaluator can score sequences anywhere: `per_sequence` (files) or
@@ -253,9 +256,8 @@ def _num_objects(first_gt: np.ndarray) -> int:
 def _confusion(gt: np.ndarray, pred: np.ndarray, n_gt: int, n_pred: int, boxes: Sequence[Box | None]) -> np.ndarray:
     """Pixel counts [T, n_gt + 1, n_pred + 1] of (GT id, predicted id) per frame, counted inside each frame's box.
 
-    GT ids above n_gt count as background. Outside the boxes both maps are 0 (`boxes` must hold every
-    non-zero pixel of both), and no score reads the (0, 0) cell, so it is left out there (as are void pixels
-    in the unsupervised protocol, which the caller sets to 0 in both maps).
+    Outside the boxes both maps are 0, and no score reads the (0, 0) cell, so it is left out there (as are
+    void pixels, which the callers set to 0 in both maps).
     """
     cells = (n_gt + 1) * (n_pred + 1)
     dtype = np.uint8 if cells <= 256 else np.int64
@@ -263,8 +265,22 @@ def _confusion(gt: np.ndarray, pred: np.ndarray, n_gt: int, n_pred: int, boxes: 
     for t, box in enumerate(boxes):
         if box is not None:
             g, p = (m[t, box[0]:box[1], box[2]:box[3]].astype(dtype, copy=False) for m in (gt, pred))
-            g = g * (g <= n_gt)  # GT ids above the object count (void) are background
             out[t] = np.bincount((g * dtype(n_pred + 1) + p).ravel(), minlength=cells).reshape(out.shape[1:])
+    return out
+
+
+def _object_jaccard(gt: np.ndarray, pred: np.ndarray, n: int, boxes: Sequence[Box | None]) -> np.ndarray:
+    """J [n, T] of GT object k against predicted id k, counted inside each frame's box (`boxes` must hold every
+    pixel of ids 1..n of both maps; other ids are background)."""
+    out = np.ones((n, len(gt)))
+    for t, box in enumerate(boxes):
+        if box is not None:
+            g, p = (m[t, box[0]:box[1], box[2]:box[3]] for m in (gt, pred))
+            for k in range(1, n + 1):
+                gk, pk = g == k, p == k
+                union = np.count_nonzero(gk | pk)
+                if union:
+                    out[k - 1, t] = np.count_nonzero(gk & pk) / union
     return out
 
 
@@ -305,12 +321,10 @@ def score_semi(gt: np.ndarray, pred: np.ndarray, sequence: str = "",
     gt = gt[1:-1]  # void and ids not in the first frame stay in: the confusion counts and boundaries ignore them
     _check_ids(pred, n, sequence, frame_ids[1:-1], f"is higher than the {n} object(s) in the first GT frame")
     boxes = frame_boxes(gt, pred)
-    j = _pair_jaccard(_confusion(gt, pred, n, n, boxes))
     radius = bound_pix(gt.shape[1:])
     f = [f_from_boundaries(g, p, radius)
          for g, p in zip(label_boundaries(gt, n, boxes), label_boundaries(pred, n, boxes))]
-    diag = np.arange(n)
-    return SequenceScores(sequence, j[diag, diag], np.array(f).reshape(n, len(gt)))
+    return SequenceScores(sequence, _object_jaccard(gt, pred, n, boxes), np.array(f).reshape(n, len(gt)))
 
 
 def score_unsup(gt: np.ndarray, pred: np.ndarray, sequence: str = "", frame_ids: Sequence[str] | None = None,

@@ -109,11 +109,10 @@ class Boundary:
         r = min(radius, sum(self.shape[1:]))  # covers every in-frame pair
         lo, hi = other._boxes()
         # Our points inside the other boundary's per-frame box grown by r, in its dilated bitmap's rows and columns.
-        top = lo[self.frame, 0] - r
-        rows = self.points[:, 1] - top
-        cols = self.points[:, 2] - (lo[other.count > 0, 1].min() - r)
-        keep = (rows >= 0) & (self.points[:, 1] <= hi[self.frame, 0] + r) & (cols >= 0)
-        keep &= (self.points[:, 2] <= hi[self.frame, 1] + r) & (self.points[:, 2] >= lo[self.frame, 1] - r)
+        rows = self.points[:, 1] - (lo[self.frame, 0] - r)
+        cols = self.points[:, 2] - (lo[self.frame, 1] - r)
+        keep = (rows >= 0) & (self.points[:, 1] <= hi[self.frame, 0] + r)
+        keep &= (cols >= 0) & (self.points[:, 2] <= hi[self.frame, 1] + r)
         if not keep.any():
             return out
         bits, start = other._dilated(r)
@@ -125,15 +124,14 @@ class Boundary:
     def _dilated(self, r: int) -> tuple[np.ndarray, np.ndarray]:
         """The boundary dilated by the disk x² + y² ≤ r², as a bitmap [rows, words] of uint64 (column c of a row
         is bit c % 64 of word c // 64), and each frame's first row. Frame t's rows are its box's rows grown by r
-        (zero rows between frames, so no dilation crosses frames); columns start r left of the leftmost point."""
+        (zero rows between frames, so no dilation crosses frames); its columns start r left of its box."""
         lo, hi = self._boxes()
         present = self.count > 0
         heights = np.where(present, hi[:, 0] - lo[:, 0] + 1 + 2 * r, 0).astype(np.int64)
         start = np.concatenate([[0], np.cumsum(heights)[:-1]])
-        x0 = int(lo[present, 1].min()) - r
-        words = (int(hi[present, 1].max()) + r - x0) // 64 + 1
+        words = int((hi[present, 1] - lo[present, 1]).max()) // 64 + 2 * r // 64 + 2
         rows = start[self.frame] + (self.points[:, 1] - lo[self.frame, 0] + r).astype(np.int64)
-        cols = (self.points[:, 2] - x0).astype(np.int64)
+        cols = (self.points[:, 2] - lo[self.frame, 1] + r).astype(np.int64)
         flat = np.zeros(int(heights.sum()) * words, dtype=np.uint64)
         np.bitwise_or.at(flat, rows * words + (cols >> 6), np.left_shift(np.uint64(1), (cols & 63).astype(np.uint64)))
         wide = _row_dilations(flat.reshape(-1, words), [math.isqrt(r * r - dy * dy) for dy in range(r + 1)])
