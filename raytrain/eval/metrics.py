@@ -81,7 +81,7 @@ def jaccard(gt: np.ndarray, pred: np.ndarray, void: np.ndarray | None = None) ->
 
 
 class Boundary:
-    """Boundary pixels of a binary mask sequence [T, H, W], indexed for tolerance look-ups."""
+    """Boundary pixels (t, y, x) of a binary mask sequence [T, H, W], with per-frame boxes for tolerance look-ups."""
 
     def __init__(self, masks: np.ndarray, pixels: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None):
         """From binary masks, or with `pixels`, from their boundary pixels (t, y, x) sorted by frame and
@@ -94,8 +94,7 @@ class Boundary:
         self.shape = tuple(masks.shape)
         t, y, x = pixels
         self.frame = t
-        # Frames are stacked along a third axis, H + W + 2 apart: farther than any two pixels of one frame.
-        self.points = np.stack([t * float(sum(self.shape[1:]) + 2), y, x], axis=1).astype(np.float64)
+        self.points = np.stack([t, y, x], axis=1).astype(np.int64)
         self.count = np.bincount(t, minlength=self.shape[0])
         self._box: tuple[np.ndarray, np.ndarray] | None = None
 
