@@ -217,8 +217,8 @@ def read_gt(annotations: str | os.PathLike, sequence: str) -> tuple[np.ndarray, 
               for name, p, data in zip(names, paths, _read_all(fs, paths))]
     for path, m in zip(paths, frames):
         if m.shape != frames[0].shape:
-            raise UserError(f"{uri}/{posixpath.basename(path)}: GT size {m.shape} differs from the sequence's first frame "
-                             f"{frames[0].shape}")
+            raise UserError(f"{uri}/{posixpath.basename(path)}: GT size {m.shape} differs from the sequence's "
+                            f"first frame {frames[0].shape}")
     return np.stack(frames), names
 
 
