@@ -97,6 +97,7 @@ class Boundary:
         self.points = np.stack([t, y, x], axis=1).astype(np.int64)
         self.count = np.bincount(t, minlength=self.shape[0])
         self._box: tuple[np.ndarray, np.ndarray] | None = None
+        self._bits: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # radius -> `_dilated(radius)`
 
     def matched(self, other: "Boundary", radius: int) -> np.ndarray:
         """Per frame: how many of our boundary pixels lie within `radius` of one of `other`'s."""
@@ -114,7 +115,9 @@ class Boundary:
         keep &= (cols >= 0) & (self.points[:, 2] <= hi[self.frame, 1] + r)
         if not keep.any():
             return out
-        bits, start = other._dilated(r)
+        if r not in other._bits:  # kept: unsupervised scoring matches each boundary against many
+            other._bits[r] = other._dilated(r)
+        bits, start = other._bits[r]
         rows = (start[self.frame[keep]] + rows[keep]).astype(np.int64)
         cols = cols[keep].astype(np.int64)
         hit = (bits[rows, cols >> 6] >> (cols & 63).astype(np.uint64)) & np.uint64(1)
