@@ -24,11 +24,26 @@ The scorer is timed on the full set in this process (1 worker) and with `--worke
 after `ray.init`), `--repeats` times each, alternating, and the medians are reported; the first Ray run,
 whose workers import the scorer first, is shown too.
 Every run's numbers are compared with the reference's or the serial ones.
+
+Real masks (`--toolkit DIR`, a checkout of davisvideochallenge/davis2017-evaluation with its `results/`): the
+official toolkit's `evaluation_method.py --task semi-supervised` (run as it ships, by `--toolkit-python`,
+which needs OpenCV, scikit-image, pandas and tqdm) and the scorer in this process on the same masks, each
+`--real-repeats` times, alternating; the best (lowest) wall time of each is reported, and the toolkit's
+per-sequence and global CSV files are compared with the scorer's line by line (all printed decimals). With
+`--davis` (a DAVIS-2017 trainval root) the ground truth is DAVIS-17 val's and the predictions are the OSVOS
+masks the toolkit ships. The toolkit ships no ground truth, so without `--davis` a stand-in is built in
+`--real-root`: the OSVOS masks of its 30 val sequences (61 objects in their first frames, as DAVIS-17 val
+has) serve as ground truth, and the RVOS masks it ships, ids above each sequence's object count cleared,
+as predictions: real shapes on both sides. Without `--toolkit` that part is skipped.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import resource
+import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -261,6 +276,102 @@ def _same(a: davis.Report, b: davis.Report) -> str:
     return f"differ (max {diff:.2e})"
 
 
+# ------------------------------------------------------------------------------------------- real masks
+
+def write_real_workload(toolkit: Path, root: Path) -> tuple[Path, Path]:
+    """A DAVIS root whose GT are the toolkit's OSVOS masks, and RVOS predictions for it (see the module doc).
+
+    JPEGImages holds one link to a tiny JPEG per frame: the toolkit lists the images but never reads them."""
+    davis_root, results = root / "davis", root / "rvos-semi"
+    if (root / ".done").is_file():
+        return davis_root, results
+    osvos, rvos = toolkit / "results" / "semi-supervised" / "osvos", toolkit / "results" / "unsupervised" / "rvos"
+    names = sorted(p.name for p in osvos.iterdir() if p.is_dir())
+    (davis_root / "ImageSets" / "2017").mkdir(parents=True, exist_ok=True)
+    (davis_root / "ImageSets" / "2017" / "val.txt").write_text("\n".join(names) + "\n")
+    jpeg = root / "blank.jpg"
+    Image.new("RGB", (8, 8)).save(jpeg)
+    for name in names:
+        frames = sorted(osvos.glob(f"{name}/*.png"))
+        n = int(np.asarray(Image.open(frames[0])).max())
+        for sub in ("Annotations", "JPEGImages"):
+            (davis_root / sub / "480p" / name).mkdir(parents=True, exist_ok=True)
+        (results / name).mkdir(parents=True, exist_ok=True)
+        for png in frames:
+            shutil.copyfile(png, davis_root / "Annotations" / "480p" / name / png.name)
+            link = davis_root / "JPEGImages" / "480p" / name / f"{png.stem}.jpg"
+            link.unlink(missing_ok=True)
+            link.symlink_to(jpeg)
+            with Image.open(rvos / name / png.name) as im:
+                ids = np.asarray(im).copy()
+                palette = im.getpalette()
+            ids[ids > n] = 0
+            out = Image.fromarray(ids)
+            out.putpalette(palette)
+            out.save(results / name / png.name)
+    (root / ".done").touch()
+    return davis_root, results
+
+
+def run_toolkit(toolkit: Path, python: str, davis_root: Path, results: Path, work: Path) -> tuple[float, float, Path]:
+    """Wall and CPU seconds of the toolkit's evaluation_method.py on a fresh copy of `results` (it would reuse
+    CSV files left there), and the folder its CSV files went to."""
+    copy = work / "toolkit-results"
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(results, copy, ignore=shutil.ignore_patterns("*.csv"))
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    run = subprocess.run([python, "evaluation_method.py", "--task", "semi-supervised", "--davis_path",
+                          str(davis_root), "--results_path", str(copy)], cwd=toolkit, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if run.returncode != 0:
+        sys.exit(f"the toolkit failed ({python} evaluation_method.py in {toolkit}):\n{run.stderr[-2000:]}")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), copy
+
+
+def _same_csv(a: Path, b: Path) -> str:
+    rows = [(a / f).read_text().splitlines() != (b / f).read_text().splitlines()
+            for f in ("global_results-val.csv", "per-sequence_results-val.csv")]
+    lines = [x != y for x, y in zip((a / "per-sequence_results-val.csv").read_text().splitlines(),
+                                    (b / "per-sequence_results-val.csv").read_text().splitlines())]
+    return "identical CSVs" if not any(rows) else f"differ: global {rows[0]}, {sum(lines)} per-object rows"
+
+
+def real_masks(args: argparse.Namespace) -> None:
+    toolkit = Path(args.toolkit)
+    if not (toolkit / "evaluation_method.py").is_file() or not (toolkit / "results").is_dir():
+        sys.exit(f"--toolkit {toolkit}: not a davis2017-evaluation checkout (evaluation_method.py and results/)")
+    work = Path(args.real_root)
+    if args.davis:
+        davis_root, results = Path(args.davis), toolkit / "results" / "semi-supervised" / "osvos"
+        masks = "DAVIS-17 val GT, OSVOS predictions"
+    else:
+        davis_root, results = write_real_workload(toolkit, work)
+        masks = "stand-in: OSVOS masks as GT, RVOS masks as predictions"
+    work.mkdir(parents=True, exist_ok=True)
+    ours_out = work / "raytrain-results"
+    toolkit_runs, ours_runs = [], []
+    for _ in range(args.real_repeats):  # alternating, so a change in load hits both alike
+        wall, cpu, toolkit_out = run_toolkit(toolkit, args.toolkit_python, davis_root, results, work)
+        toolkit_runs.append((wall, cpu))
+        report, wall, cpu = _timed(score.score_folder, davis_root, results, "semi", out=ours_out)
+        ours_runs.append((wall, cpu))
+        print(f"real masks: toolkit {toolkit_runs[-1][0]:.1f} s ({toolkit_runs[-1][1]:.1f} CPU s), raytrain "
+              f"{wall:.2f} s ({cpu:.2f} CPU s), load average {os.getloadavg()[0]:.1f}", flush=True)
+    same = _same_csv(toolkit_out, ours_out)
+    (t_wall, t_cpu), (o_wall, o_cpu) = min(toolkit_runs), min(ours_runs)
+    print(f"\nReal masks ({masks}; {davis_root}), semi-supervised, best of {args.real_repeats} alternating runs:\n")
+    print("| protocol | masks | sequences | objects | official toolkit s (CPU s) | raytrain, 1 process s (CPU s) "
+          "| speed-up wall (CPU) | numbers |")
+    print("|---|---|---:|---:|---:|---:|---:|---|")
+    print(f"| semi-supervised | {masks} | {len(davis.read_sequence_list(davis_root, 'val'))} | "
+          f"{len(report.objects)} | {t_wall:.1f} ({t_cpu:.1f}) | {o_wall:.2f} ({o_cpu:.2f}) | "
+          f"{t_wall / o_wall:.1f}x ({t_cpu / o_cpu:.1f}x) | {same} |")
+    print(f"(all runs, toolkit: {', '.join(f'{w:.1f}' for w, _ in toolkit_runs)} s; raytrain: "
+          f"{', '.join(f'{w:.2f}' for w, _ in ours_runs)} s)")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--root", default="/tmp/raytrain-bench-score", help="workload folder (reused when present)")
@@ -274,7 +385,27 @@ def main(argv: list[str] | None = None) -> None:
                                                            "(0: no reference)")
     p.add_argument("--workers", type=int, default=2, help="Ray workers to compare with the serial scorer")
     p.add_argument("--repeats", type=int, default=3, help="alternating serial / Ray runs of the full set")
+    p.add_argument("--toolkit", default="", help="a davis2017-evaluation checkout: also time it against the scorer "
+                                              "on real masks (skipped without)")
+    p.add_argument("--toolkit-python", default=sys.executable, help="the Python that runs the toolkit (needs cv2, "
+                                                                     "skimage, pandas, tqdm)")
+    p.add_argument("--davis", default="", help="a DAVIS-2017 trainval root: real GT for the real-mask part")
+    p.add_argument("--real-root", default="/tmp/raytrain-bench-score-real", help="real-mask workload folder")
+    p.add_argument("--real-repeats", type=int, default=3, help="alternating toolkit / scorer runs on real masks")
+    p.add_argument("--only-real", action="store_true", help="skip the synthetic part")
     args = p.parse_args(argv)
+    if args.only_real and not args.toolkit:
+        p.error("--only-real needs --toolkit")
+    if not args.only_real:
+        synthetic(args)
+    if args.toolkit:
+        real_masks(args)
+    else:
+        print("\nReal masks: skipped (give --toolkit DIR, a davis2017-evaluation checkout, to time the official "
+              "toolkit against the scorer on the masks it ships)")
+
+
+def synthetic(args: argparse.Namespace) -> None:
 
     root = Path(args.root)
     start = time.perf_counter()

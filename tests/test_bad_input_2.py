@@ -262,7 +262,8 @@ def test_a_restored_sweep_names_the_saved_settings_that_override_the_flags(tmp_p
 
 @pytest.mark.slow
 def test_a_corrupt_ground_truth_png_with_two_workers_is_one_line(inputs, tmp_path):
-    """Scored as Ray tasks: the error a task raised comes back as the same line."""
+    """With --num_workers 2 (scored in this process when Ray's start would not pay, as here, else as Ray tasks,
+    which tests/test_score.py covers): the error comes back as one line."""
     run, seconds = _run(["jobs/score.py", "--davis", str(inputs["bad_gt"]), "--results", str(inputs["results"]),
                          "--out", str(tmp_path / "out"), "--num_workers", "2"], tmp_path)
     errors = [line for line in run.stderr.splitlines() if line.startswith("score.py: error:")]

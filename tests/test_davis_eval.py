@@ -178,3 +178,43 @@ def test_per_sequence_scores_combine_to_the_global_numbers(synth_davis, tmp_path
     combined = davis.combine(sorted(parts, key=lambda p: seqs.index(p.sequence)))
     assert combined == whole
     assert 0 < whole.j_mean < 1
+
+
+def test_png_decoding_matches_pil_on_both_paths():
+    """Mask PNGs decode to PIL's ids whether they take the unfiltered zlib-ng path or PIL's."""
+    import io
+    import zlib
+
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 4, (37, 53)).astype(np.uint8)
+    ids[5:20, 10:40] = 255
+
+    def png(image: Image.Image, **kw) -> bytes:
+        buf = io.BytesIO()
+        image.save(buf, format="PNG", **kw)
+        return buf.getvalue()
+
+    palette = Image.fromarray(ids, "L").convert("P")
+    palette.putpalette(list(range(256)) * 3)
+    raw = b"".join(b"\0" + row.tobytes() for row in ids)  # grey, every row stored unfiltered
+    head = (53).to_bytes(4, "big") + (37).to_bytes(4, "big") + bytes([8, 0, 0, 0, 0])
+
+    def chunk(kind: bytes, body: bytes, crc_delta: int = 0) -> bytes:
+        crc = (zlib.crc32(kind + body) + crc_delta) % 2**32
+        return len(body).to_bytes(4, "big") + kind + body + crc.to_bytes(4, "big")
+
+    grey = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", head) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    fast = {"palette": png(palette), "grey, unfiltered": grey}
+    slow = {"grey, filtered by PIL": png(Image.fromarray(ids, "L")), "2-bit palette": png(palette, bits=2),
+            "16-bit grey": png(Image.fromarray(ids.astype(np.uint16)))}
+    for name, data in {**fast, **slow}.items():
+        assert (davis._unfiltered_png(data) is not None) == (name in fast), name
+        got = davis._decode_ids(data, name)
+        assert np.array_equal(got, np.array(Image.open(io.BytesIO(data)))), name
+    assert np.array_equal(davis._decode_ids(grey, "grey"), ids)
+    bad_crc = grey.replace(chunk(b"IDAT", zlib.compress(raw)), chunk(b"IDAT", zlib.compress(raw), 1))
+    assert davis._unfiltered_png(bad_crc) is None and np.array_equal(davis._decode_ids(bad_crc, "crc"), ids)
+    garbage = grey.replace(chunk(b"IDAT", zlib.compress(raw)), chunk(b"IDAT", b"x" * 100))
+    assert davis._unfiltered_png(garbage) is None
+    with pytest.raises(ValueError, match="bad: cannot read the PNG"):
+        davis._decode_ids(garbage, "bad")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -142,6 +143,55 @@ def test_bad_results_fail_naming_sequence_and_frame(data, tmp_path):
                                                           f"'{seq}', frame {frame}: ")
     run = _cli("--results", str(data / "semi"))
     assert run.returncode == 2 and "--davis is required" in run.stderr
+
+
+def test_upper_case_png_suffixes_score_as_lower_case(data, tmp_path):
+    """Every other GT and result file saved as `.PNG` scores as with `.png`; a frame under both is refused."""
+    root = tmp_path / "davis"
+    shutil.copytree(data / "davis", root)
+    for png in sorted(Path(davis.annotation_dir(root, davis.SEMI)).rglob("*.png"))[::2]:
+        png.rename(png.with_suffix(".PNG"))
+    for i, png in enumerate(sorted((data / "semi").rglob("*.png"))):
+        dst = tmp_path / "semi" / png.relative_to(data / "semi")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(png, dst.with_suffix(".PNG") if i % 2 else dst)
+    assert len(list((tmp_path / "semi").rglob("*.PNG"))) > 5
+    expected = score.score_folder(data / "davis", data / "semi", "semi")
+    assert score.score_folder(root, tmp_path / "semi", "semi") == expected
+    seq = davis.read_sequence_list(root, "val")[0]
+    upper = sorted((tmp_path / "semi" / seq).glob("*.PNG"))[0]
+    shutil.copy(upper, upper.with_suffix(".png"))
+    with pytest.raises(ValueError, match=rf"{seq}: frame {upper.stem} is there twice \({upper.stem}.png and "
+                                         rf"{upper.stem}.PNG\)|{seq}: frame {upper.stem} is there twice "
+                                         rf"\({upper.stem}.PNG and {upper.stem}.png\)"):
+        score.score_folder(root, tmp_path / "semi", "semi")
+
+
+def test_num_workers_starts_ray_only_when_it_pays(data, tmp_path, monkeypatch):
+    """A set too small to repay a private Ray's start is scored in this process, with a line saying why."""
+    run = _cli("--davis", str(data / "davis"), "--results", str(data / "semi"), "--task", "semi", "--num_workers",
+               "2", "--out", str(tmp_path))
+    assert run.returncode == 0, run.stderr
+    assert "[score] scoring in this process, not on 2 Ray workers: the other 2 sequences take about" in run.stdout
+    assert "less than starting Ray takes" in run.stdout and "Started a local Ray" not in run.stdout + run.stderr
+
+    jobs = score.plan(data / "davis", data / "semi", "semi")
+    serial = davis.combine(score.score_jobs(jobs))
+    monkeypatch.setattr(score, "cluster_address", lambda: None)
+    monkeypatch.setattr("ray.is_initialized", lambda: False)
+
+    def no_ray() -> None:
+        raise AssertionError("Ray started")
+
+    monkeypatch.setattr(score, "init_ray", no_ray)
+    lines: list[str] = []
+    assert davis.combine(score.score_jobs(jobs, 2, lines.append)) == serial
+    assert len(lines) == 1 and "less than starting Ray takes" in lines[0]
+    monkeypatch.setattr(score, "RAY_START_S", -1.0)  # a start that always pays, on an idle machine
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    with pytest.raises(AssertionError, match="Ray started"):
+        score.score_jobs(jobs, 2, lines.append)
 
 
 def test_pyarrow_file_uris(data, tmp_path):

@@ -6,8 +6,9 @@
 Same inputs and numbers as the official toolkit's `evaluation_method.py --task semi-supervised|unsupervised`
 (`raytrain.eval.score`): it writes `global_results-<set>.csv` and `per-sequence_results-<set>.csv` into the
 results folder (or `--out`) and prints the summary table. With `--num_workers N > 1` the sequences are scored
-as Ray tasks on N workers (the cluster this job was submitted to, else a local Ray); under `ray job submit`
-the default is one worker per CPU of the cluster.
+as Ray tasks on N workers (the cluster this job was submitted to, else a local Ray, started only when the
+set is large enough to repay its start; a line says when it is not); under `ray job submit` the default is
+one worker per CPU of the cluster.
 
 `--task pck|vip|fg-iou --data ROOT` scores JHMDB keypoints, VIP parts or single foregrounds instead
 (`raytrain.cli.benchmarks`, in this process).
@@ -26,16 +27,17 @@ from shards.errors import UsageError
 
 
 def _workers(requested: int) -> int:
-    """`--num_workers`, with 0 resolved to the cluster's CPUs under a Ray cluster (RAY_ADDRESS), else 1."""
+    """`--num_workers`, with 0 resolved to the cluster's CPUs under a Ray cluster (RAY_ADDRESS), else 1. An
+    explicit N leaves Ray to `score_jobs`, which starts a private one only when it pays."""
     if requested < 0:
         raise UsageError(f"--num_workers must be 0 (automatic) or more, got {requested}")
-    if requested == 1 or (requested == 0 and not os.environ.get("RAY_ADDRESS")):
+    if requested == 0 and not os.environ.get("RAY_ADDRESS"):
         return 1
+    if requested:
+        return requested
     from shards.cluster import init_ray
 
     init_ray()
-    if requested:
-        return requested
     import ray
 
     return max(1, int(ray.cluster_resources().get("CPU", 1)))

@@ -15,10 +15,13 @@ statistics and CSV files, computed with `raytrain.eval.metrics`.
 - Global numbers are plain means over objects; the CSV files are upstream's `global_results-<set>.csv` and
   `per-sequence_results-<set>.csv`, values written with "%.3f".
 
-How it is computed: per frame, J of every (object, proposal) pair comes from one count of (GT id,
-predicted id) pixel pairs inside the bounding box of the frame's non-zero pixels, and the boundary pixels of
-every id from one pass over the same box (`metrics.label_boundaries`); F then matches boundary pixels
-through a k-d tree. Files are read through pyarrow filesystems, so the DAVIS root and the results may be
+How it is computed: per frame, inside the bounding box of the frame's non-zero pixels, J of each object
+against its predicted id (semi-supervised) comes from pixel counts, J of every (object, proposal) pair
+(unsupervised) from one count of (GT id, predicted id) pixel pairs, and the boundary pixels of every id from
+one pass over the same box (`metrics.label_boundaries`); F then looks each boundary's pixels up in the other's
+dilated, bit-packed bitmap (`metrics.Boundary.matched`). Mask PNGs whose rows are stored unfiltered (what PIL
+and the DAVIS annotations use) are inflated with zlib-ng, others decoded by PIL; `.png` and `.PNG` are read
+alike (upstream reads `.png` only). Files are read through pyarrow filesystems, so the DAVIS root and the results may be
 local folders or URIs (`s3://`, `file://`); `write_csv` writes to either.
 
 Scoring is split so a distributed evaluator can score sequences anywhere: `per_sequence` (files) or
@@ -47,6 +50,7 @@ import numpy as np
 import pyarrow.fs as pafs
 from PIL import Image, UnidentifiedImageError
 from scipy.optimize import linear_sum_assignment
+from zlib_ng import zlib_ng
 
 from raytrain.eval.metrics import Box, bound_pix, f_from_boundaries, frame_boxes, label_boundaries, statistics
 from shards.errors import NotFound, UserError
@@ -90,7 +94,49 @@ class Report:
         return dict(zip(GLOBAL_COLUMNS, values))
 
 
+_PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _unfiltered_png(data: bytes) -> np.ndarray | None:
+    """The ids of an 8-bit grey or palette, non-interlaced PNG whose rows are all stored unfiltered (what PIL
+    and most mask writers produce for palette images), inflated with zlib-ng: several times faster than PIL
+    on 480p masks. None for any other PNG, a bad chunk checksum or a stream that does not inflate to the
+    image's size (PIL then decodes it or says what is wrong)."""
+    if not data.startswith(_PNG):
+        return None
+    pos, size, idat = len(_PNG), None, []
+    while pos + 12 <= len(data):
+        length = int.from_bytes(data[pos:pos + 4], "big")
+        kind, end = data[pos + 4:pos + 8], pos + 8 + length
+        if kind in (b"IHDR", b"IDAT") and zlib_ng.crc32(data[pos + 4:end]) != int.from_bytes(data[end:end + 4], "big"):
+            return None
+        if kind == b"IHDR":
+            depth, color, _, _, interlace = data[pos + 16:pos + 21]
+            if depth != 8 or color not in (0, 3) or interlace:
+                return None
+            size = int.from_bytes(data[pos + 12:pos + 16], "big"), int.from_bytes(data[pos + 8:pos + 12], "big")
+        elif kind == b"IDAT":
+            idat.append(data[pos + 8:end])
+        elif kind == b"IEND":
+            break
+        pos = end + 4
+    if size is None or not idat:
+        return None
+    try:
+        raw = zlib_ng.decompress(b"".join(idat))
+    except zlib_ng.error:
+        return None
+    height, width = size
+    if len(raw) != height * (width + 1):
+        return None
+    rows = np.frombuffer(raw, np.uint8).reshape(height, width + 1)
+    return None if rows[:, 0].any() else rows[:, 1:]  # each row starts with its filter type; 0 is none
+
+
 def _decode_ids(data: bytes, where: str) -> np.ndarray:
+    fast = _unfiltered_png(data)
+    if fast is not None:
+        return fast
     try:
         with Image.open(io.BytesIO(data)) as image:
             mode = image.mode
@@ -143,35 +189,55 @@ def read_sequence_list(gt_root: str | os.PathLike, set_name: str, task: str = SE
     return [line.strip() for line in data.decode().splitlines() if line.strip()]
 
 
+def _pngs(fs: pafs.FileSystem, folder: str, uri: str) -> dict[str, str]:
+    """Frame name -> path of the PNGs in a folder, `.png` or `.PNG` (any case); a frame stored under two
+    spellings is refused, naming both."""
+    out: dict[str, str] = {}
+    for info in fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True)):
+        name = info.base_name
+        if info.type != pafs.FileType.File or name[-4:].lower() != ".png":
+            continue
+        if name[:-4] in out:
+            raise UserError(f"{uri}: frame {name[:-4]} is there twice ({posixpath.basename(out[name[:-4]])} and "
+                            f"{name}); keep one")
+        out[name[:-4]] = info.path
+    return out
+
+
 def read_gt(annotations: str | os.PathLike, sequence: str) -> tuple[np.ndarray, list[str]]:
-    """All GT id maps of a sequence [T, H, W] and their frame names (sorted PNG stems)."""
+    """All GT id maps of a sequence [T, H, W] and their frame names (sorted stems of its `.png` / `.PNG` files)."""
     uri = _join(annotations, sequence)
     fs, folder = resolve(uri)
-    infos = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
-    paths = sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(".png"))
-    if not paths:
+    files = _pngs(fs, folder, uri)
+    if not files:
         raise NotFound(f"{uri}: no ground-truth PNGs for sequence {sequence!r}")
-    names = [posixpath.basename(p)[:-4] for p in paths]
-    frames = [_decode_ids(data, f"sequence {sequence!r}, frame {name}: ground truth {uri}/{name}.png")
-              for name, data in zip(names, _read_all(fs, paths))]
-    for name, m in zip(names, frames):
+    names = sorted(files)
+    paths = [files[n] for n in names]
+    frames = [_decode_ids(data, f"sequence {sequence!r}, frame {name}: ground truth {uri}/{posixpath.basename(p)}")
+              for name, p, data in zip(names, paths, _read_all(fs, paths))]
+    for path, m in zip(paths, frames):
         if m.shape != frames[0].shape:
-            raise UserError(f"{uri}/{name}.png: GT size {m.shape} differs from the sequence's first frame "
-                             f"{frames[0].shape}")
+            raise UserError(f"{uri}/{posixpath.basename(path)}: GT size {m.shape} differs from the sequence's "
+                            f"first frame {frames[0].shape}")
     return np.stack(frames), names
 
 
 def read_predictions(results_dir: str | os.PathLike, sequence: str, frame_ids: Sequence[str],
                      shape: tuple[int, int]) -> np.ndarray:
-    """Predicted id maps `<results_dir>/<seq>/<frame>.png` [T, H, W]; each must have the GT size `shape`."""
+    """Predicted id maps `<results_dir>/<seq>/<frame>.png` (or `.PNG`) [T, H, W]; each must have the GT size."""
     uri = _join(results_dir, sequence)
     fs, folder = resolve(uri)
     if fs.get_file_info(folder).type != pafs.FileType.Directory:
         raise NotFound(f"{uri}: the results have no folder for sequence {sequence!r} "
                                 f"(expected {sequence}/<frame>.png for each GT frame)")
+    files = _pngs(fs, folder, uri)
+    missing = [f for f in frame_ids if f not in files]
+    if missing:
+        raise NotFound(f"sequence {sequence!r}, frame {missing[0]}: {uri}/{missing[0]}.png not found (expected one "
+                       "PNG per annotated frame, named as the GT)")
     out = []
-    for frame, data in zip(frame_ids, _read_all(fs, [f"{folder}/{f}.png" for f in frame_ids])):
-        where = f"sequence {sequence!r}, frame {frame}: {uri}/{frame}.png"
+    for frame, data in zip(frame_ids, _read_all(fs, [files[f] for f in frame_ids])):
+        where = f"sequence {sequence!r}, frame {frame}: {uri}/{posixpath.basename(files[frame])}"
         if data is None:
             raise NotFound(f"{where} not found (expected one PNG per annotated frame, named as the GT)")
         ids = _decode_ids(data, where)
@@ -200,6 +266,21 @@ def _confusion(gt: np.ndarray, pred: np.ndarray, n_gt: int, n_pred: int, boxes: 
         if box is not None:
             g, p = (m[t, box[0]:box[1], box[2]:box[3]].astype(dtype, copy=False) for m in (gt, pred))
             out[t] = np.bincount((g * dtype(n_pred + 1) + p).ravel(), minlength=cells).reshape(out.shape[1:])
+    return out
+
+
+def _object_jaccard(gt: np.ndarray, pred: np.ndarray, n: int, boxes: Sequence[Box | None]) -> np.ndarray:
+    """J [n, T] of GT object k against predicted id k, counted inside each frame's box (`boxes` must hold every
+    pixel of ids 1..n of both maps; other ids are background)."""
+    out = np.ones((n, len(gt)))
+    for t, box in enumerate(boxes):
+        if box is not None:
+            g, p = (m[t, box[0]:box[1], box[2]:box[3]] for m in (gt, pred))
+            for k in range(1, n + 1):
+                gk, pk = g == k, p == k
+                union = np.count_nonzero(gk | pk)
+                if union:
+                    out[k - 1, t] = np.count_nonzero(gk & pk) / union
     return out
 
 
@@ -237,15 +318,13 @@ def score_semi(gt: np.ndarray, pred: np.ndarray, sequence: str = "",
                          "(expected the middle frames at GT resolution)")
     frame_ids = list(frame_ids) if frame_ids is not None else [str(i) for i in range(len(gt))]
     n = _num_objects(gt[0])
-    gt = gt[1:-1] * (gt[1:-1] <= n)  # void and ids not in the first frame are background
+    gt = gt[1:-1]  # void and ids not in the first frame stay in: the confusion counts and boundaries ignore them
     _check_ids(pred, n, sequence, frame_ids[1:-1], f"is higher than the {n} object(s) in the first GT frame")
     boxes = frame_boxes(gt, pred)
-    j = _pair_jaccard(_confusion(gt, pred, n, n, boxes))
     radius = bound_pix(gt.shape[1:])
     f = [f_from_boundaries(g, p, radius)
          for g, p in zip(label_boundaries(gt, n, boxes), label_boundaries(pred, n, boxes))]
-    diag = np.arange(n)
-    return SequenceScores(sequence, j[diag, diag], np.array(f).reshape(n, len(gt)))
+    return SequenceScores(sequence, _object_jaccard(gt, pred, n, boxes), np.array(f).reshape(n, len(gt)))
 
 
 def score_unsup(gt: np.ndarray, pred: np.ndarray, sequence: str = "", frame_ids: Sequence[str] | None = None,

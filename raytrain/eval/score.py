@@ -30,6 +30,7 @@ from typing import Any, Callable, Sequence
 import pyarrow.fs as pafs
 
 from raytrain.eval import davis
+from shards.cluster import cluster_address, init_ray
 from shards.errors import NotFound, UsageError, UserError
 from shards.layout import resolve
 from shards.paths import local_path, output_entries, prepare_local_folder, probe_uri, refuse_overlap, relation
@@ -101,7 +102,7 @@ def _sizes(uri: str) -> dict[str, int]:
     out: dict[str, int] = {}
     for info in fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True)):
         rel = info.path[len(base.rstrip("/")) + 1:].split("/")
-        if info.type == pafs.FileType.File and len(rel) == 2 and rel[1].endswith(".png"):
+        if info.type == pafs.FileType.File and len(rel) == 2 and rel[1][-4:].lower() == ".png":
             out[rel[0]] = out.get(rel[0], 0) + info.size
     return out
 
@@ -135,23 +136,55 @@ def plan(davis_root: str, results: str, task: str, set_name: str = "val", sequen
     return [SequenceJob(s, davis_root, results, task, max_proposals, gt[s]) for s in names]
 
 
+RAY_START_S = 10.0  # about what starting a private Ray and its first workers takes on a small machine
+
+
+def _worth_starting_ray(jobs: Sequence[SequenceJob], first_s: float, num_workers: int,
+                        log: Callable[[str], None]) -> bool:
+    """Whether the sequences after the first, estimated from its time per GT byte, save more on `num_workers`
+    of this machine's idle CPUs (its CPUs less the load other programs put on them) than starting a private
+    Ray costs; says why not when not."""
+    rest = first_s * sum(j.gt_bytes for j in jobs[1:]) / max(jobs[0].gt_bytes, 1)
+    cpus = os.cpu_count() or 1
+    idle = max(1, min(cpus, round(cpus - max(os.getloadavg()[0] - 1, 0))))  # this process is one of the load
+    usable = min(num_workers, idle)
+    saved = rest * (1 - 1 / usable)
+    if saved > RAY_START_S:
+        return True
+    log(f"[score] scoring in this process, not on {num_workers} Ray workers: the other {len(jobs) - 1} sequences "
+        f"take about {rest:.1f} s here, and {usable} worker(s) on the {idle} idle CPU(s) of this machine's {cpus} "
+        f"would save about {saved:.1f} s, less than starting Ray takes (about {RAY_START_S:.0f} s)")
+    return False
+
+
 def score_jobs(jobs: Sequence[SequenceJob], num_workers: int = 1, log: Callable[[str], None] = print
                ) -> list[davis.SequenceScores]:
     """Per-sequence scores in the order of `jobs`: in this process, or as Ray tasks, `num_workers` at a time.
 
-    Ray is initialised here if it is not yet. The largest sequences (by GT bytes) go out first, so no worker
-    is left with a long one at the end. A task whose worker dies is retried (twice); an error a sequence
-    raises (a bad file or id) is raised here as it is.
+    With Ray not yet initialised and no cluster to join, a private Ray starts only when it pays: the first
+    sequence is scored here, and the rest go to Ray only if they would save more time on the workers than
+    Ray's start costs (`RAY_START_S`); otherwise they are scored here too and a line says why. The largest
+    sequences (by GT bytes) go out first, so no worker is left with a long one at the end. A task whose
+    worker dies is retried (twice); an error a sequence raises (a bad file or id) is raised here as it is.
     """
-    if num_workers <= 1:
+    if num_workers <= 1 or len(jobs) < 2:
         return [score_sequence(j) for j in jobs]
     import ray
     from ray.exceptions import RayTaskError
 
-    task = ray.remote(num_cpus=1, max_retries=2)(score_sequence)
-    order = deque(sorted(range(len(jobs)), key=lambda i: -jobs[i].gt_bytes))
-    running: dict[Any, int] = {}
     out: list[davis.SequenceScores | None] = [None] * len(jobs)
+    todo = range(len(jobs))
+    if not ray.is_initialized():
+        if cluster_address() is None:
+            start = time.perf_counter()
+            out[0] = score_sequence(jobs[0])
+            todo = range(1, len(jobs))
+            if not _worth_starting_ray(jobs, time.perf_counter() - start, num_workers, log):
+                return [out[0], *(score_sequence(j) for j in jobs[1:])]
+        init_ray()
+    task = ray.remote(num_cpus=1, max_retries=2)(score_sequence)
+    order = deque(sorted(todo, key=lambda i: -jobs[i].gt_bytes))
+    running: dict[Any, int] = {}
     start = time.perf_counter()
     while order or running:
         while order and len(running) < num_workers:
@@ -165,9 +198,10 @@ def score_jobs(jobs: Sequence[SequenceJob], num_workers: int = 1, log: Callable[
             if isinstance(e.cause, (ValueError, FileNotFoundError)):
                 raise e.cause from None
             raise
-        done = len(jobs) - len(order) - len(running)
+        done = len(todo) - len(order) - len(running)
         elapsed = time.perf_counter() - start
-        log(f"[score] {done}/{len(jobs)} sequences ({jobs[i].sequence}), {done / elapsed:.2f} sequences/s")
+        log(f"[score] {done + len(jobs) - len(todo)}/{len(jobs)} sequences ({jobs[i].sequence}), "
+            f"{done / elapsed:.2f} sequences/s")
     return out  # type: ignore[return-value]
 
 
