@@ -63,7 +63,18 @@ class RunConfig:
                               "the JPEG bytes; the training worker decodes them in batches on its device; SMTC only)")
     grad_clip: float = flag(0.0, "max gradient norm (0: no clipping)")
     val_data: str = flag("", "DAVIS-layout folder to validate on at every checkpoint (J&F on a few videos)")
-    val_videos: int = flag(3, "validation videos (the first ones of the val split)")
+    val_videos: int = flag(0, "validation videos: the first ones of the val split (0: all of them)")
+    val_async: bool = flag(True, "validate each checkpoint as a Ray task while training goes on (Ray Train's "
+                                 "ValidationConfig); --no-val_async: on rank 0, in the training loop, while "
+                                 "every worker waits")
+    val_cpus: float = flag(1.0, "CPUs reserved by the validation task (--val_async)")
+    val_use_gpu: bool = flag(False, "one GPU for the validation task (--val_async)")
+    val_timeout_s: float = flag(0.0, "seconds a validation may take before it is cancelled and reported as timed "
+                                     "out (0: no limit); training goes on either way")
+    keep_metric: str = flag("val_jf", "reported metric that picks the checkpoints kept: the --num_to_keep best "
+                                      "(loss*: lowest, else highest), plus the newest for resume; newest only "
+                                      "when the run does not report it (val_* without --val_data)")
+    num_to_keep: int = flag(2, "best checkpoints kept by --keep_metric (the newest is kept besides)")
     verbose: bool = flag(False, "show Ray Train's and Ray Data's own INFO lines from the workers")
     allow_config_change: bool = flag(False, "resume a run although flags that change what it trains differ from "
                                             "its checkpoint's (the exact resume is lost)")
@@ -141,9 +152,10 @@ def worker_batch(cfg: Any, world_size: int) -> int:
     return global_batch(cfg) // world_size
 
 SMALL_SMTC = dict(steps=60, batch_size=2, num_slots=4, num_instance=2, resolution=128, grad_iter=20,
-                  checkpoint_every=20, log_every=5, num_workers=2, lr=1e-4)
+                  checkpoint_every=20, log_every=5, num_workers=2, lr=1e-4, val_videos=3)
 SMALL_STMAE = dict(steps=40, batch_size=2, num_frames=4, num_ref_frames=2, crop=128,
-                   checkpoint_every=20, log_every=5, num_workers=2, lr=1e-4, lr_decay_at=1.0, similarity="l2")
+                   checkpoint_every=20, log_every=5, num_workers=2, lr=1e-4, lr_decay_at=1.0, similarity="l2",
+                   val_videos=3)
 SMALL_TRAIN = {"smtc": SMALL_SMTC, "stmae": SMALL_STMAE}
 
 
@@ -373,7 +385,9 @@ _RULES: dict[type, list[Rule]] = {
         ("checkpoint_every", _at_least(1), "at least 1"), ("log_every", _at_least(1), "at least 1"),
         ("max_failures", _at_least(0), "at least 0"), ("seed", _at_least(0), "at least 0"),
         ("clips_per_video", _at_least(1), "at least 1"), ("decode_workers", _at_least(0), "at least 0"),
-        ("grad_clip", _at_least(0), "at least 0"), ("val_videos", _at_least(1), "at least 1"),
+        ("grad_clip", _at_least(0), "at least 0"), ("val_videos", _at_least(0), "at least 0"),
+        ("val_cpus", *_POSITIVE), ("val_timeout_s", _at_least(0), "at least 0"),
+        ("num_to_keep", _at_least(1), "at least 1"),
         ("decode", lambda v: v in ("cpu", "gpu"), "cpu or gpu"), ("min_workers", _at_least(0), "at least 0"),
         ("shard_window", _at_least(1), "at least 1"), ("global_batch_size", _at_least(0), "at least 0"),
     ],
@@ -475,6 +489,7 @@ def check_flags(cfg: Any) -> None:
 # The worker count and per-worker batch may change too, as long as the global batch does (`config_changes`).
 RESUME_FREE = frozenset({"name", "storage_path", "use_gpu", "cpus_per_worker", "checkpoint_every", "log_every",
                          "max_failures", "decode_workers", "decode", "val_data", "val_videos", "verbose",
+                         "val_async", "val_cpus", "val_use_gpu", "val_timeout_s", "keep_metric", "num_to_keep",
                          "allow_config_change", "steps", "dino_path", "resnet50_path", "resnet18_path",
                          "num_workers", "min_workers", "batch_size", "global_batch_size"})
 BATCH_FLAGS = ("batch_size", "num_workers", "global_batch_size")

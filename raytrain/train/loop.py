@@ -15,7 +15,7 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import ray
 import ray.train
@@ -32,6 +32,7 @@ from raytrain.checkpoints import (CheckpointError, load_checkpoint, newest_state
 from raytrain.runtime import run_dir, run_location
 from raytrain.train.smtc_task import SMTCTask
 from raytrain.train.stmae_task import STMAETask
+from raytrain.train.validation import Validate, keep_mode, pending_metric, validate_start, validation_config
 
 log = logging.getLogger("raytrain.train")
 
@@ -43,8 +44,6 @@ S3_SETTINGS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEF
 CLIP_LOG_ENV = "RAYTRAIN_CLIP_LOG"
 # How often an elastic run (--min_workers) checks for room for more workers (Ray Train's default: 60 s).
 RESIZE_INTERVAL_ENV = "RAYTRAIN_RESIZE_INTERVAL_S"  # a folder: each rank appends the clips of every batch it trains on (audits)
-# In-training validation: validate(job, task, cfg) -> {"val_jf": ..., ...}, run on rank 0 at every checkpoint.
-Validate = Callable[[str, Any, Any], dict[str, float]]
 
 
 def stream_config(job: str, cfg: Any, rank: int, world_size: int) -> StreamConfig:
@@ -178,6 +177,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     job = config["job"]
     cfg = from_dict(TRAIN_CONFIGS[job], config["cfg"])
     validate: Validate | None = config["validate"] if cfg.val_data else None
+    off_path = validate is not None and cfg.val_async  # each checkpoint validated by a Ray task of its own
     route_logs(cfg.verbose)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -215,11 +215,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         first = next(batches)
         task.start(first)
 
-    writer = None
+    writer, start_val = None, None
     if rank == 0:
         from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(config["tensorboard_dir"], purge_step=step + 1)  # drop events past the checkpoint
-        if step == 0 and validate is not None:  # where the run starts from
+        if step == 0 and off_path:  # where the run starts from, scored while training goes on
+            start_val = validate_start(validate, TASKS[job], job, cfg, config["cfg"], task.state_dict(),
+                                       config["run"], config["tensorboard_dir"])
+        elif step == 0 and validate is not None:
             val = validate(job, task, cfg)
             curve.append({"step": 0, **val})
             for k, v in val.items():
@@ -253,7 +256,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         metrics.update(step=step, **{f"skipped_{k}": v for k, v in skipped.items()})
         checkpoint = None
         at_checkpoint = step % cfg.checkpoint_every == 0 or step == cfg.steps
-        if rank == 0 and at_checkpoint and validate is not None:
+        if rank == 0 and at_checkpoint and validate is not None and not off_path:
             metrics.update(validate(job, task, cfg))
         if rank == 0:
             curve.append({k: v for k, v in metrics.items() if k in ("step", "loss") or k.startswith("val_")})
@@ -269,11 +272,19 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             # Logged, not printed: Ray Train sends a worker's print to the console twice.
             log.info(progress_line(job, step, cfg.steps, metrics, eta))
         # The temp folder is removed once Train has copied it to storage: a long run must not fill the disk.
-        ray.train.report(metrics, checkpoint=checkpoint, delete_local_checkpoint_after_upload=True)
+        if checkpoint is not None and off_path:
+            metrics = pending_metric(metrics, cfg.keep_metric)
+        ray.train.report(metrics, checkpoint=checkpoint, delete_local_checkpoint_after_upload=True,
+                         validation=checkpoint is not None and off_path)
         sums.clear()
         n, wait, t0 = 0, 0.0, time.perf_counter()
     if writer is not None:
         writer.close()
+    if start_val is not None:  # training is over: nothing waits on it but this worker's exit
+        try:
+            ray.get(start_val, timeout=cfg.val_timeout_s or None)
+        except Exception as e:  # noqa: BLE001 - printed by the task itself; the run's end does not depend on it
+            log.warning("[%s] validation of step 0 did not finish: %s", job, type(e).__name__)
 
 
 def tensorboard_dir(run: str) -> str:
@@ -309,8 +320,19 @@ def make_trainer(job: str, cfg: RunConfig, callbacks: list | None = None,
             name=name, storage_path=storage, callbacks=callbacks, worker_runtime_env={"env_vars": env},
             logging_config=ray.train.LoggingConfig(log_level="INFO" if cfg.verbose else "WARNING"),
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=3)),
+            checkpoint_config=checkpoint_config(cfg)),
+        validation_config=(validation_config(validate, TASKS[job], job, cfg, to_dict(cfg), run, tb_dir)
+                           if validate is not None and cfg.val_data and cfg.val_async else None),
     )
+
+
+def checkpoint_config(cfg: RunConfig) -> ray.train.CheckpointConfig:
+    """The best `--num_to_keep` checkpoints by `--keep_metric`, and the newest (Train always keeps it); the newest
+    `--num_to_keep` + 1 when the run does not report that metric (a val_* metric without --val_data)."""
+    if cfg.keep_metric.startswith("val_") and not cfg.val_data:
+        return ray.train.CheckpointConfig(num_to_keep=cfg.num_to_keep + 1)
+    return ray.train.CheckpointConfig(num_to_keep=cfg.num_to_keep, checkpoint_score_attribute=cfg.keep_metric,
+                                      checkpoint_score_order=keep_mode(cfg.keep_metric))
 
 
 def fit(job: str, cfg: RunConfig, validate: Validate | None = None) -> ray.train.Result:
