@@ -42,6 +42,9 @@ FAILURE_ENV = "RAYTRAIN_INJECT_FAILURE"  # "step:rank:marker" — kill that work
 # checkpoints. Credentials are not passed: nodes get them from their own environment or instance role.
 S3_SETTINGS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
 CLIP_LOG_ENV = "RAYTRAIN_CLIP_LOG"
+# A folder: each rank appends when it starts and ends, and the seconds each report held it (validation on rank 0,
+# the checkpoint, the report's barrier) (bench/validation_stall.py).
+TIMING_LOG_ENV = "RAYTRAIN_TIMING_LOG"
 # How often an elastic run (--min_workers) checks for room for more workers (Ray Train's default: 60 s).
 RESIZE_INTERVAL_ENV = "RAYTRAIN_RESIZE_INTERVAL_S"  # a folder: each rank appends the clips of every batch it trains on (audits)
 
@@ -101,6 +104,13 @@ def _log_clips(step: int, rank: int, world: int, batch: dict[str, Any]) -> None:
             f.write(json.dumps({"step": step, "rank": rank, "world_size": world,
                                 "positions": batch["position"].tolist(), "videos": batch["video_ordinal"].tolist(),
                                 "frames": batch["frame_idx"].tolist()}) + "\n")
+
+
+def _log_timing(rank: int, event: str, **fields: Any) -> None:
+    folder = os.environ.get(TIMING_LOG_ENV)
+    if folder:
+        with open(os.path.join(folder, f"rank{rank}-pid{os.getpid()}.jsonl"), "a") as f:
+            f.write(json.dumps({"rank": rank, "event": event, "t": time.time(), **fields}) + "\n")
 
 
 def _mean_over_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
@@ -215,6 +225,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         first = next(batches)
         task.start(first)
 
+    _log_timing(rank, "begin", step=step)
     writer, start_val = None, None
     if rank == 0:
         from torch.utils.tensorboard import SummaryWriter
@@ -223,7 +234,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             start_val = validate_start(validate, TASKS[job], job, cfg, config["cfg"], task.state_dict(),
                                        config["run"], config["tensorboard_dir"])
         elif step == 0 and validate is not None:
+            t_held = time.perf_counter()
             val = validate(job, task, cfg)
+            _log_timing(rank, "held", step=0, held_s=time.perf_counter() - t_held)
             curve.append({"step": 0, **val})
             for k, v in val.items():
                 writer.add_scalar(f"train/{k}", v, 0)
@@ -254,6 +267,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         metrics["clips_per_s"] *= world
         skipped = ray.get(health.snapshot.remote())["counts"]
         metrics.update(step=step, **{f"skipped_{k}": v for k, v in skipped.items()})
+        t_held = time.perf_counter()
         checkpoint = None
         at_checkpoint = step % cfg.checkpoint_every == 0 or step == cfg.steps
         if rank == 0 and at_checkpoint and validate is not None and not off_path:
@@ -276,8 +290,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             metrics = pending_metric(metrics, cfg.keep_metric)
         ray.train.report(metrics, checkpoint=checkpoint, delete_local_checkpoint_after_upload=True,
                          validation=checkpoint is not None and off_path)
+        _log_timing(rank, "held", step=step, held_s=time.perf_counter() - t_held)
         sums.clear()
         n, wait, t0 = 0, 0.0, time.perf_counter()
+    _log_timing(rank, "end", step=step)
     if writer is not None:
         writer.close()
     if start_val is not None:  # training is over: nothing waits on it but this worker's exit
@@ -304,7 +320,7 @@ def make_trainer(job: str, cfg: RunConfig, callbacks: list | None = None,
     run = run_location(cfg, job)
     tb_dir = tensorboard_dir(run)
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}
-    env = {k: os.environ[k] for k in (FAILURE_ENV, CLIP_LOG_ENV, *S3_SETTINGS) if k in os.environ}
+    env = {k: os.environ[k] for k in (FAILURE_ENV, CLIP_LOG_ENV, TIMING_LOG_ENV, *S3_SETTINGS) if k in os.environ}
     workers = (cfg.min_workers, cfg.num_workers) if 0 < cfg.min_workers < cfg.num_workers else cfg.num_workers
     env.update({k: os.environ[k] for k in (DECODE_LOCALITY_ENV, BLOCK_BYTES_ENV) if k in os.environ})
     elastic = ({"elastic_resize_monitor_interval_s": float(os.environ[RESIZE_INTERVAL_ENV])}
