@@ -90,15 +90,15 @@ def main() -> None:
     p.add_argument("--json", default="")
     args = p.parse_args()
     root = Path(tempfile.mkdtemp(prefix="valstall-"))
-    write_davis(root / "davis", num_videos=args.val_videos + 3, num_frames=10, height=64, num_val=args.val_videos,
-                seed=0)
-    pack(str(root / "davis"), str(root / "shards"), layout="davis", split="train", shard_size="60KB")
     cfg = STMAEConfig(data=[str(root / "shards")], val_data=str(root / "davis"), crop=64, num_frames=4,
                       num_ref_frames=2, batch_size=1, max_skip=[3], max_skip_at=[0.0], num_workers=2,
                       cpus_per_worker=2, steps=args.steps, checkpoint_every=args.checkpoint_every, log_every=1,
                       max_failures=0, clips_per_video=2, storage_path=str(root / "runs"))
     rows = []
     with sim_cluster((3, 3)):
+        write_davis(root / "davis", num_videos=args.val_videos + 3, num_frames=10, height=64,
+                    num_val=args.val_videos, seed=0)
+        pack(str(root / "davis"), str(root / "shards"), layout="davis", split="train", shard_size="60KB")
         for mode in MODES:
             rows.append(run(mode, cfg, root))
             print(f"{mode}: {rows[-1]}", flush=True)

@@ -14,7 +14,8 @@ import ray.train
 import torch
 
 from conftest import pack_synthetic
-from raytrain.checkpoints import CHECKPOINT_GLOB, load_checkpoint_state, read_manifest, write_checkpoint
+from raytrain.checkpoints import (CHECKPOINT_GLOB, STATE_FILE, CheckpointError, load_checkpoint_state, read_manifest,
+                                  write_checkpoint)
 from raytrain.config import SMTCConfig, STMAEConfig, to_dict
 from raytrain.eval.validate import validate
 from raytrain.train.loop import checkpoint_config, fit
@@ -68,6 +69,21 @@ def test_a_failed_validation_is_printed_recorded_and_raised(synth_davis, tmp_pat
     assert "[stmae] step 4: validation failed: CUDA out of memory" in capsys.readouterr().out
     (record,) = read_records(str(tmp_path))
     assert record["step"] == 4 and record["error"] == "CUDA out of memory"
+
+
+def test_a_damaged_checkpoint_fails_its_validation(synth_davis, tmp_path, capsys):
+    """So that it ranks last by --keep_metric and is deleted first, not kept in place of an intact one."""
+    cfg = STMAEConfig(crop=64, val_data=str(synth_davis), val_videos=1)
+    folder = Path(write_checkpoint({"task": STMAETask(cfg, "cpu").state_dict(), "step": 8, "job": "stmae"}))
+    data = bytearray((folder / STATE_FILE).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (folder / STATE_FILE).write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="SHA-256"):
+        validate_checkpoint(ray.train.Checkpoint.from_directory(str(folder)), validate=validate, task_cls=STMAETask,
+                            job="stmae", cfg=to_dict(cfg), run=str(tmp_path), tensorboard_dir=str(tmp_path / "tb"))
+    assert "[stmae] step 8: validation failed: checkpoint" in capsys.readouterr().out
+    (record,) = read_records(str(tmp_path))
+    assert record["step"] == 8 and "SHA-256" in record["error"]
 
 
 def test_records_join_the_curve_of_their_checkpoint(tmp_path):

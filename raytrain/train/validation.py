@@ -22,7 +22,7 @@ import pyarrow.fs as pafs
 import ray
 import torch
 
-from raytrain.checkpoints import join, load_checkpoint, storage_uri
+from raytrain.checkpoints import CheckpointError, join, load_checkpoint, read_manifest, storage_uri
 from raytrain.config import TRAIN_CONFIGS, from_dict
 from shards.errors import storage_problem
 from shards.layout import resolve
@@ -105,20 +105,38 @@ def score_state(validate: Validate, task_cls: type, job: str, cfg_dict: dict[str
         task.load_state_dict(task_state)
         metrics = validate(job, task, cfg)
     except Exception as e:  # noqa: BLE001 - reported, recorded, and re-raised for Train's bookkeeping
-        line = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        print(f"[{job}] step {step}: validation failed: {line}", flush=True)
-        write_record(run, {"step": step, "error": line, "traceback": traceback.format_exc()})
+        _failed(job, step, run, e)
         raise
     _publish(job, cfg, step, metrics, run, tensorboard_dir)
     return metrics
 
 
+def _failed(job: str, step: int, run: str, e: BaseException) -> None:
+    line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    print(f"[{job}] step {step}: validation failed: {line}", flush=True)
+    write_record(run, {"step": step, "error": line, "traceback": traceback.format_exc()})
+
+
 def validate_checkpoint(checkpoint: ray.train.Checkpoint, *, validate: Validate, task_cls: type, job: str,
                         cfg: dict[str, Any], run: str, tensorboard_dir: str) -> dict[str, float]:
-    """Train's validation function: the metrics of a reported checkpoint (read back from storage)."""
+    """Train's validation function: the metrics of a reported checkpoint, read back from storage and verified. A
+    checkpoint damaged on its way fails its validation, so that it ranks last by --keep_metric and is the first
+    one deleted: it does not take the place of an intact one among the --num_to_keep."""
     location = storage_uri(checkpoint.filesystem, checkpoint.path)
-    state = load_checkpoint(location)
+    try:
+        state = load_checkpoint(location)
+    except CheckpointError as e:
+        manifest = _manifest_or_none(location)
+        _failed(job, int(manifest["step"]) if manifest else -1, run, e)
+        raise
     return score_state(validate, task_cls, job, cfg, state["task"], int(state["step"]), run, tensorboard_dir)
+
+
+def _manifest_or_none(location: str) -> dict[str, Any] | None:
+    try:
+        return read_manifest(location)
+    except CheckpointError:
+        return None
 
 
 def validation_config(validate: Validate, task_cls: type, job: str, cfg: Any, cfg_dict: dict[str, Any], run: str,
