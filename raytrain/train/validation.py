@@ -48,10 +48,11 @@ def write_record(run: str, record: dict[str, Any]) -> None:
     """Write one validation record (its "step" and metrics, or its "error") to `<run>/curve/`."""
     fs, path = resolve(record_location(run, int(record["step"])))
     fs.create_dir(posixpath.dirname(path), recursive=True)
-    tmp = path + ".tmp"
-    with fs.open_output_stream(tmp) as f:
+    local = isinstance(fs, pafs.LocalFileSystem)  # an object store's PUT is whole or nothing already
+    with fs.open_output_stream(path + ".tmp" if local else path) as f:
         f.write(json.dumps(record).encode())
-    fs.move(tmp, path)
+    if local:
+        fs.move(path + ".tmp", path)
 
 
 def read_records(run: str) -> list[dict[str, Any]]:
