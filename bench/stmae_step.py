@@ -47,7 +47,8 @@ def synthetic_batch(b: int, t: int, s: int, k: int, device: torch.device) -> dic
         y = x = s // 8 + i * s // 4
         for ti in range(t):
             masks[:, ti, y:y + s // 4, x + ti * 4:x + s // 4 + ti * 4] = i + 1
-    return {"frames": frames.to(device), "masks": masks.to(device), "num_objects": torch.full((b,), k).to(device)}
+    return {"frames": frames.to(device), "masks": masks.to(device), "num_objects": torch.full((b,), k).to(device),
+            "position": torch.arange(b)}
 
 
 def train_row(variant: str, batch: int, args: argparse.Namespace) -> dict[str, float]:

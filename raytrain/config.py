@@ -90,7 +90,20 @@ class RunConfig:
                        choices=("cpu", "gpu"))
     grad_clip: float = flag(0.0, "max gradient norm (0: no clipping)", check=at_least(0))
     val_data: str = flag("", "DAVIS-layout folder to validate on at every checkpoint (J&F on a few videos)")
-    val_videos: int = flag(3, "validation videos (the first ones of the val split)", check=at_least(1))
+    val_videos: int = flag(0, "validation videos: the first ones of the val split (0: all of them)",
+                           check=at_least(0))
+    val_async: bool = flag(True, "validate each checkpoint as a Ray task while training goes on (Ray Train's "
+                                 "ValidationConfig); --no-val_async: on rank 0, in the training loop, while "
+                                 "every worker waits")
+    val_cpus: float = flag(1.0, "CPUs reserved by the validation task (--val_async)", check=POSITIVE)
+    val_use_gpu: bool = flag(False, "one GPU for the validation task (--val_async)")
+    val_timeout_s: float = flag(0.0, "seconds a validation may take before it is cancelled and reported as timed "
+                                     "out (0: no limit); training goes on either way", check=at_least(0))
+    keep_metric: str = flag("val_jf", "reported metric that picks the checkpoints kept: the --num_to_keep best "
+                                      "(loss*: lowest, else highest), plus the newest for resume; newest only "
+                                      "when the run does not report it (val_* without --val_data)")
+    num_to_keep: int = flag(2, "best checkpoints kept by --keep_metric (the newest is kept besides)",
+                            check=at_least(1))
     verbose: bool = flag(False, "show Ray Train's and Ray Data's own INFO lines from the workers")
     allow_config_change: bool = flag(False, "resume a run although flags that change what it trains differ from "
                                             "its checkpoint's (the exact resume is lost)")
@@ -473,6 +486,7 @@ def check_flags(cfg: Any) -> None:
 # The worker count and per-worker batch may change too, as long as the global batch does (`config_changes`).
 RESUME_FREE = frozenset({"name", "storage_path", "use_gpu", "cpus_per_worker", "checkpoint_every", "log_every",
                          "max_failures", "decode_workers", "decode", "val_data", "val_videos", "verbose",
+                         "val_async", "val_cpus", "val_use_gpu", "val_timeout_s", "keep_metric", "num_to_keep",
                          "allow_config_change", "steps", "dino_path", "resnet50_path", "resnet18_path",
                          "num_workers", "min_workers", "batch_size", "global_batch_size"})
 BATCH_FLAGS = ("batch_size", "num_workers", "global_batch_size")

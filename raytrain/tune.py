@@ -102,6 +102,10 @@ def trial_config(cfg: Any) -> dict[str, Any]:
     sweep_fields = {f.name for f in dataclasses.fields(SweepOptions)}
     base = {k: v for k, v in to_dict(cfg).items() if k not in sweep_fields and k not in cfg.SEARCHED}
     base["log_every"] = cfg.checkpoint_every
+    # ASHA decides when a report arrives, on that report's metric: a trial validates in its training loop so
+    # that every report carries it (a validation off the training path lands after the report, where Train
+    # merges it into the checkpoint's metrics but Tune never sees it).
+    base["val_async"] = False
     return base
 
 

@@ -8,8 +8,7 @@ import torch
 
 from raytrain.augment import normalize_uint8
 from raytrain.config import STMAEConfig
-from raytrain.train.stmae_task import (OneShotReconstruction, STMAETask, lr_at, sample_references,
-                                      step_generator)
+from raytrain.train.stmae_task import OneShotReconstruction, STMAETask, lr_at, sample_references
 
 torch.set_num_threads(2)
 
@@ -31,7 +30,8 @@ def make_batch(seed: int = 0, b: int = 2, t: int = 4, s: int = 64) -> dict[str, 
         masks[1:, ti, 4 * u:12 * u, 4 * u + d:10 * u + d] = 1
     colours = torch.tensor([[0, 0, 0], [200, 40, 40], [40, 40, 200]], dtype=torch.uint8)
     frames = torch.where(masks.unsqueeze(2) > 0, colours[masks.long()].permute(0, 1, 4, 2, 3), frames)
-    return {"frames": frames, "masks": masks, "num_objects": torch.tensor([2] + [1] * (b - 1))}
+    return {"frames": frames, "masks": masks, "num_objects": torch.tensor([2] + [1] * (b - 1)),
+            "position": torch.arange(b) + seed * b}
 
 
 @pytest.fixture(scope="module")
@@ -40,13 +40,18 @@ def task() -> STMAETask:
 
 
 def test_reference_sampling():
-    refs = sample_references(16, 8, 3, step_generator(0, 0, 5))
+    positions = list(range(80, 96))
+    refs = sample_references(positions, 8, 3, seed=0)
     assert refs.shape == (16, 3) and (refs[:, -1] == 7).all()
     assert ((refs[:, :2] >= 1) & (refs[:, :2] <= 6)).all() and (refs[:, 0] != refs[:, 1]).all()
-    assert torch.equal(refs, sample_references(16, 8, 3, step_generator(0, 0, 5)))
-    assert not torch.equal(refs, sample_references(16, 8, 3, step_generator(0, 1, 5)))  # rank matters
-    assert not torch.equal(refs, sample_references(16, 8, 3, step_generator(0, 0, 6)))  # step matters
-    assert torch.equal(sample_references(2, 4, 3, step_generator(0, 0, 0)), torch.tensor([[1, 2, 3], [1, 2, 3]]))
+    assert len({tuple(r) for r in refs.tolist()}) > 1  # drawn per clip
+    assert torch.equal(refs, sample_references(positions, 8, 3, seed=0))
+    # a clip's references depend on its position in the global stream, not on the batch it is trained in
+    assert torch.equal(refs[8:], sample_references(positions[8:], 8, 3, seed=0))
+    assert torch.equal(torch.cat([sample_references(positions[i::2], 8, 3, seed=0) for i in (0, 1)]),
+                       torch.cat([refs[0::2], refs[1::2]]))
+    assert not torch.equal(refs, sample_references(positions, 8, 3, seed=1))  # the seed matters
+    assert torch.equal(sample_references([0, 1], 4, 3, seed=0), torch.tensor([[1, 2, 3], [1, 2, 3]]))
 
 
 def test_lr_schedule():
@@ -117,7 +122,7 @@ def test_imagenet_weights_from_config(tmp_path):
 def test_training_reduces_loss_and_state_round_trips():
     task = STMAETask(tiny_cfg(), "cpu")
     batch = make_batch(1)
-    metrics = [task.train_step(batch, 0) for _ in range(2)]  # same step index: same references
+    metrics = [task.train_step(batch, 0) for _ in range(2)]  # same clip positions: same references
     assert set(metrics[0]) == {"loss", "loss_ce", "loss_dice", "lr"} and metrics[0]["lr"] == 1e-4
     with torch.no_grad():
         after = task.compute_loss(batch, 0)["loss"].item()

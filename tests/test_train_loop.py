@@ -141,3 +141,23 @@ def test_temp_checkpoints_of_dead_processes_are_removed(tmp_path, monkeypatch):
         (folder / "state.pt").write_bytes(b"x")
     remove_stale_checkpoint_folders()
     assert not stale.exists() and live.exists()
+
+
+def test_stmae_trains_the_same_on_one_worker_and_on_two(shards, tmp_path):
+    """1 worker x 4 clips and 2 workers x 2 clips per step: the same clips, each with the same augmentation and
+    reference frames (keyed by the seed and the clip's position in the global stream, not by rank and step),
+    BatchNorm statistics calibrated on the whole first global batch, and DDP's mean of the two halves'
+    gradients is the whole batch's: the same loss at every step, to float summation order. `--similarity l2`
+    (the synthetic run's): with random weights, dot-product attention is near uniform and the references
+    hardly change the loss."""
+    cfg = STMAEConfig(data=[str(shards / "davis_shards")], storage_path=str(tmp_path / "runs"), crop=64,
+                      num_frames=6, num_ref_frames=2, max_skip=[2], max_skip_at=[0.0], global_batch_size=4,
+                      steps=3, checkpoint_every=3, log_every=1, max_failures=0, clips_per_video=2,
+                      similarity="l2", lr=1e-3)
+    for name, workers in (("one", 1), ("two", 2)):
+        fit(get("stmae"), dataclasses.replace(cfg, name=name, num_workers=workers))
+    one, two = _losses(tmp_path / "runs" / "one"), _losses(tmp_path / "runs" / "two")
+    assert sorted(one) == sorted(two) == [1, 2, 3]
+    assert len(set(one.values())) == 3  # it trains: a different loss at each step
+    for step in one:
+        assert two[step] == pytest.approx(one[step], rel=1e-6), (step, one, two)  # seen: <= 1e-7

@@ -56,6 +56,8 @@ def test_trial_config_reports_a_checkpoint_and_the_metric_at_every_report():
                                   "--resolution", "64", "--num_samples", "3"])
     base = trial_config(cfg)
     assert base["log_every"] == 20 and base["steps"] == 100 and base["resolution"] == 64
+    # ASHA decides on each report's own metrics: trials validate in the loop, so every report carries val_jf
+    assert base["val_async"] is False and from_dict(SMTCConfig, base).val_async is False
     assert not {"num_slots", "lr", "num_samples", "metric"} & set(base)
     trial = from_dict(SMTCConfig, {**base, "num_slots": 8, "num_instance": 2, "gap": 4, "lr": 1e-4})
     assert (trial.num_slots, trial.lr, trial.checkpoint_every) == (8, 1e-4, 20)

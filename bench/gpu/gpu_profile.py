@@ -69,7 +69,8 @@ def make_task(model: str, tiny: bool, device: torch.device, trial: str, backend:
         frames = frames.flatten(0, 1).contiguous(memory_format=torch.channels_last).view(b, t, 3, s, s)
     elif trial == "compile":
         task.recon = torch.compile(task.recon, backend=backend)
-    return task, {"frames": frames.to(device), "masks": masks.to(device), "num_objects": torch.full((b,), 2).to(device)}
+    return task, {"frames": frames.to(device), "masks": masks.to(device), "num_objects": torch.full((b,), 2).to(device),
+                  "position": torch.arange(b)}
 
 
 def time_trial(make: Callable[[], tuple[Any, dict]], warmup: int, steps: int) -> dict[str, float]:

@@ -41,7 +41,7 @@ def check_data(method: Method, cfg: Any) -> None:
 def check_val_data(cfg: Any) -> None:
     """`--val_data` is a DAVIS root whose first `--val_videos` val videos have every frame annotated."""
     with naming("--val_data", cfg.val_data):
-        videos = list_videos(cfg.val_data, "davis", "val")[:cfg.val_videos]
+        videos = list_videos(cfg.val_data, "davis", "val")[:cfg.val_videos or None]
     if not videos:
         raise UserError(f"--val_data {cfg.val_data}: ImageSets/2017/val.txt lists no videos")
     partial = [v.id for v in videos if any(f not in v.annotations for f in v.frames)]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Sequence
 
 from raytrain.checkpoints import CheckpointError, load_checkpoint, read_manifest, storage_uri
@@ -10,6 +11,7 @@ from raytrain.config import global_batch, given_fields, scaled_lr, with_small
 from raytrain.method import Method
 from raytrain.runtime import run_dir, run_location
 from raytrain.train.loop import fatal_error, fit, tensorboard_dir
+from raytrain.train.validation import keep_mode, merged_curve
 from shards.cache import synthetic_shards, synthetic_videos
 from shards.cluster import init_ray
 from shards.errors import UserError
@@ -54,6 +56,17 @@ def run_lines(method: Method, cfg: Any) -> list[str]:
         [f"warning: {line}" for line in method.advice(cfg)]
 
 
+def best_checkpoint(result: Any, metric: str) -> tuple[str, float, int] | None:
+    """(location, value, step) of the kept checkpoint with the best `metric` (checkpoints whose validation failed
+    or has not arrived do not count); None when none reported it."""
+    scored = [(c, m) for c, m in result.best_checkpoints or [] if isinstance(m.get(metric), (int, float))
+              and math.isfinite(m[metric])]
+    if not scored:
+        return None
+    pick = (min if keep_mode(metric) == "min" else max)(scored, key=lambda cm: cm[1][metric])
+    return storage_uri(pick[0].filesystem, pick[0].path), float(pick[1][metric]), int(pick[1].get("step", -1))
+
+
 def main(method: Method, argv: Sequence[str] | None = None) -> None:
     """`python jobs/train_<method>.py [flags]`: train on Ray Train and print where the results are."""
     cfg, small = with_small(method.config, argv, method.small)
@@ -76,11 +89,15 @@ def main(method: Method, argv: Sequence[str] | None = None) -> None:
     where = storage_uri(result.checkpoint.filesystem, result.checkpoint.path) if result.checkpoint else None
     state = last_state(where) if where else {}
     print(f"\nfinished {name} at step {state.get('step', '?')} of {cfg.steps}")
-    for line in summary(state.get("curve", [])):
+    for line in summary(merged_curve(state.get("curve", []), run_location(cfg, method.name))):
         print(line)
     if cfg.val_data:
-        print(f"         (J&F on the first {cfg.val_videos} val videos of {cfg.val_data})")
-    print(f"checkpoint: {where}")
+        which = f"the first {cfg.val_videos}" if cfg.val_videos else "all"
+        print(f"         (J&F on {which} val videos of {cfg.val_data})")
+    best = best_checkpoint(result, cfg.keep_metric)
+    if best is not None:
+        print(f"best:       {best[0]}  ({cfg.keep_metric} {best[1]:.4f} at step {best[2]})")
+    print(f"checkpoint: {where}  (newest, for resume)")
     where_tb = tensorboard_dir(run_location(cfg, method.name))
     print(f"logs:       {storage_uri(result.filesystem, result.path)}  (TensorBoard: tensorboard --logdir {where_tb}"
           + (", on the rank-0 node)" if "://" in storage else ")"))

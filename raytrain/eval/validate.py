@@ -1,4 +1,4 @@
-"""In-training validation: J&F on the first few DAVIS val videos, run on rank 0 at every checkpoint.
+"""In-training validation: J&F on the DAVIS val videos (the first `--val_videos`, or all), at every checkpoint.
 
 - SMTC: label propagation (preset A) with the features of the student's encoder (`task.model.encoder`):
   `val_jf`, `val_j`, `val_f`; and unsupervised object discovery (official DAVIS protocol) with the whole
@@ -10,7 +10,9 @@
   the videos' own resolution (480p for DAVIS): `val_jf`, `val_j`, `val_f`.
 
 Numbers are fractions in [0, 1] (as in the official CSV files), averaged over objects as the DAVIS evaluator
-does. Serial, in the training process, on the task's device; the model is switched to eval mode and back.
+does. Serial, on the task's device; the model is switched to eval mode and back. It runs in a Ray task of its own
+on each checkpoint while training goes on (`raytrain.train.validation`), or with `--no-val_async` on rank 0 in
+the training loop.
 """
 from __future__ import annotations
 
@@ -41,7 +43,8 @@ def discovery_size(resolution: int) -> tuple[int, int]:
 
 
 def _videos(cfg: Any, unsupervised: bool = False) -> list:
-    videos = list_videos(cfg.val_data, "davis", "val", unsupervised=unsupervised)[:max(cfg.val_videos, 1)]
+    """The first `cfg.val_videos` val videos of `cfg.val_data` (0: all of them)."""
+    videos = list_videos(cfg.val_data, "davis", "val", unsupervised=unsupervised)[:cfg.val_videos or None]
     if not videos:
         raise ValueError(f"--val_data {cfg.val_data}: no videos in ImageSets/2017/val.txt")
     return videos

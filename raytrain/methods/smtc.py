@@ -100,7 +100,7 @@ METHOD = Method(
     advice=advice,
     eval_model=eval_model,
     small=dict(steps=60, batch_size=2, num_slots=4, num_instance=2, resolution=128, grad_iter=20,
-               checkpoint_every=20, log_every=5, num_workers=2, lr=1e-4),
+               checkpoint_every=20, log_every=5, num_workers=2, lr=1e-4, val_videos=3),
     small_sweep=dict(SMALL_SWEEP, resolution=64, num_slots=[4, 8], num_instance=[2], gap=[2, 4], lr=[1e-4, 3e-3],
                      grad_iter=0),
     small_eval=dict(height=96, width=160),

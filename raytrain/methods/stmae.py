@@ -87,7 +87,7 @@ METHOD = Method(
     advice=advice,
     eval_model=eval_model,
     small=dict(steps=40, batch_size=2, num_frames=4, num_ref_frames=2, crop=128, checkpoint_every=20, log_every=5,
-               num_workers=2, lr=1e-4, lr_decay_at=1.0, similarity="l2"),
+               num_workers=2, lr=1e-4, lr_decay_at=1.0, similarity="l2", val_videos=3),
     small_sweep=dict(SMALL_SWEEP, crop=64, num_frames=[4, 6], num_ref_frames=[1, 2], lr=[1e-5, 1e-3],
                      max_skip=[3], max_skip_at=[0.0]),
     small_eval=dict(size=0),

@@ -31,6 +31,7 @@ from raytrain.data.plan import StreamConfig, rank_index, sampler_state, stream_c
 from raytrain.data.sources import load_source
 from raytrain.method import Method
 from raytrain.runtime import run_dir, run_location, take_fatal, write_fatal
+from raytrain.train.validation import keep_mode, pending_metric, validate_start, validation_config
 
 log = logging.getLogger("raytrain.train")
 
@@ -39,6 +40,9 @@ FAILURE_ENV = "RAYTRAIN_INJECT_FAILURE"  # "step:rank:marker" — kill that work
 # checkpoints. Credentials are not passed: nodes get them from their own environment or instance role.
 S3_SETTINGS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
 CLIP_LOG_ENV = "RAYTRAIN_CLIP_LOG"  # a folder: each rank appends the clips of every batch it trains on (audits)
+# A folder: each rank appends when it starts and ends, and the seconds each report held it (validation on rank 0,
+# the checkpoint, the report's barrier) (bench/validation_stall.py).
+TIMING_LOG_ENV = "RAYTRAIN_TIMING_LOG"
 # How often an elastic run (--min_workers) checks for room for more workers (Ray Train's default: 60 s).
 RESIZE_INTERVAL_ENV = "RAYTRAIN_RESIZE_INTERVAL_S"
 
@@ -67,6 +71,13 @@ def _log_clips(step: int, rank: int, world: int, batch: dict[str, Any]) -> None:
             f.write(json.dumps({"step": step, "rank": rank, "world_size": world,
                                 "positions": batch["position"].tolist(), "videos": batch["video_ordinal"].tolist(),
                                 "frames": batch["frame_idx"].tolist()}) + "\n")
+
+
+def _log_timing(rank: int, event: str, **fields: Any) -> None:
+    folder = os.environ.get(TIMING_LOG_ENV)
+    if folder:
+        with open(os.path.join(folder, f"rank{rank}-pid{os.getpid()}.jsonl"), "a") as f:
+            f.write(json.dumps({"rank": rank, "event": event, "t": time.time(), **fields}) + "\n")
 
 
 def _mean_over_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
@@ -186,6 +197,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     method: Method = config["method"]
     cfg = from_dict(method.config, config["cfg"])
     validate = method.validate if cfg.val_data else None
+    off_path = validate is not None and cfg.val_async  # each checkpoint validated by a Ray task of its own
     route_logs(cfg.verbose)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -222,12 +234,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         first = next(batches)
         task.start(first)
 
-    writer = None
+    _log_timing(rank, "begin", step=step)
+    writer, start_val = None, None
     if rank == 0:
         from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(config["tensorboard_dir"], purge_step=step + 1)  # drop events past the checkpoint
-        if step == 0 and validate is not None:  # where the run starts from
+        if step == 0 and off_path:  # where the run starts from, scored while training goes on
+            start_val = validate_start(method, cfg, config["cfg"], task.state_dict(), config["run"],
+                                       config["tensorboard_dir"])
+        elif step == 0 and validate is not None:
+            t_held = time.perf_counter()
             val = validate(task, cfg)
+            _log_timing(rank, "held", step=0, held_s=time.perf_counter() - t_held)
             curve.append({"step": 0, **val})
             for k, v in val.items():
                 writer.add_scalar(f"train/{k}", v, 0)
@@ -259,10 +277,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         metrics["clips_per_s"] *= world
         skipped = ray.get(health.snapshot.remote())["counts"]
         metrics.update(step=step, **{f"skipped_{k}": v for k, v in skipped.items()})
+        t_held = time.perf_counter()
         checkpoint = None
         at_checkpoint = step % cfg.checkpoint_every == 0 or step == cfg.steps
         next_clips = _gather(next_clip) if at_checkpoint else []
-        if rank == 0 and at_checkpoint and validate is not None:
+        if rank == 0 and at_checkpoint and validate is not None and not off_path:
             metrics.update(validate(task, cfg))
         if rank == 0:
             curve.append({k: v for k, v in metrics.items() if k in ("step", "loss") or k.startswith("val_")})
@@ -278,11 +297,21 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             # Logged, not printed: Ray Train sends a worker's print to the console twice.
             log.info(progress_line(method.name, step, cfg.steps, metrics, eta))
         # The temp folder is removed once Train has copied it to storage: a long run must not fill the disk.
-        ray.train.report(metrics, checkpoint=checkpoint, delete_local_checkpoint_after_upload=True)
+        if checkpoint is not None and off_path:
+            metrics = pending_metric(metrics, cfg.keep_metric)
+        ray.train.report(metrics, checkpoint=checkpoint, delete_local_checkpoint_after_upload=True,
+                         validation=checkpoint is not None and off_path)
+        _log_timing(rank, "held", step=step, held_s=time.perf_counter() - t_held)
         sums.clear()
         n, wait, t0 = 0, 0.0, time.perf_counter()
+    _log_timing(rank, "end", step=step)
     if writer is not None:
         writer.close()
+    if start_val is not None:  # training is over: nothing waits on it but this worker's exit
+        try:
+            ray.get(start_val, timeout=cfg.val_timeout_s or None)
+        except Exception as e:  # noqa: BLE001 - printed by the task itself; the run's end does not depend on it
+            log.warning("[%s] validation of step 0 did not finish: %s", method.name, type(e).__name__)
 
 
 def tensorboard_dir(run: str) -> str:
@@ -301,7 +330,7 @@ def make_trainer(method: Method, cfg: RunConfig, callbacks: list | None = None) 
     run = run_location(cfg, method.name)
     tb_dir = tensorboard_dir(run)
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}
-    env = {k: os.environ[k] for k in (FAILURE_ENV, CLIP_LOG_ENV, *S3_SETTINGS) if k in os.environ}
+    env = {k: os.environ[k] for k in (FAILURE_ENV, CLIP_LOG_ENV, TIMING_LOG_ENV, *S3_SETTINGS) if k in os.environ}
     workers = (cfg.min_workers, cfg.num_workers) if 0 < cfg.min_workers < cfg.num_workers else cfg.num_workers
     env.update({k: os.environ[k] for k in (DECODE_LOCALITY_ENV, BLOCK_BYTES_ENV) if k in os.environ})
     elastic = ({"elastic_resize_monitor_interval_s": float(os.environ[RESIZE_INTERVAL_ENV])}
@@ -316,8 +345,19 @@ def make_trainer(method: Method, cfg: RunConfig, callbacks: list | None = None) 
             name=name, storage_path=storage, callbacks=callbacks, worker_runtime_env={"env_vars": env},
             logging_config=ray.train.LoggingConfig(log_level="INFO" if cfg.verbose else "WARNING"),
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=3)),
+            checkpoint_config=checkpoint_config(cfg)),
+        validation_config=(validation_config(method, cfg, to_dict(cfg), run, tb_dir)
+                           if cfg.val_data and cfg.val_async else None),
     )
+
+
+def checkpoint_config(cfg: RunConfig) -> ray.train.CheckpointConfig:
+    """The best `--num_to_keep` checkpoints by `--keep_metric`, and the newest (Train always keeps it); the newest
+    `--num_to_keep` + 1 when the run does not report that metric (a val_* metric without --val_data)."""
+    if cfg.keep_metric.startswith("val_") and not cfg.val_data:
+        return ray.train.CheckpointConfig(num_to_keep=cfg.num_to_keep + 1)
+    return ray.train.CheckpointConfig(num_to_keep=cfg.num_to_keep, checkpoint_score_attribute=cfg.keep_metric,
+                                      checkpoint_score_order=keep_mode(cfg.keep_metric))
 
 
 def fit(method: Method, cfg: RunConfig) -> ray.train.Result:

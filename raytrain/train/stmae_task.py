@@ -18,8 +18,8 @@ Deviations from upstream:
   sample) are encoded without autograd; upstream keeps the graph of all T frames. Same numbers, less memory.
 - bf16 autocast instead of fp16 + GradScaler; the lr schedule is per step (`lr_decay_at` of the steps)
   instead of per epoch.
-- The reference frames are drawn from a generator seeded by (seed, rank, step), so a resumed run draws the
-  same references.
+- Each clip's reference frames are drawn from a generator seeded by (seed, the clip's position in the global
+  clip stream), so a resumed run, on any number of workers, draws the same references for the same clips.
 """
 from __future__ import annotations
 
@@ -44,19 +44,18 @@ def lr_at(cfg: STMAEConfig, step: int) -> float:
     return scaled_lr(cfg) * (0.1 if step >= cfg.lr_decay_at * cfg.steps else 1.0)
 
 
-def step_generator(seed: int, rank: int, step: int) -> torch.Generator:
-    """A CPU generator determined by (seed, rank, step)."""
-    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0]))
+def clip_generator(seed: int, position: int) -> torch.Generator:
+    """A CPU generator determined by (seed, a clip's position in the global clip stream)."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, position]).generate_state(1)[0]))
 
 
-def sample_references(batch_size: int, num_frames: int, num_ref_frames: int,
-                      generator: torch.Generator) -> torch.Tensor:
-    """Reference frame indices (B, R) for the backward reconstruction of frame 0."""
+def sample_references(positions: list[int], num_frames: int, num_ref_frames: int, seed: int) -> torch.Tensor:
+    """Reference frame indices (B, R) for the backward reconstruction of frame 0 of the clips at `positions`."""
     last = num_frames - 1
     if last <= num_ref_frames:
-        return torch.arange(1, num_frames).expand(batch_size, -1).clone()
-    rows = [torch.cat([torch.randperm(last - 1, generator=generator)[:num_ref_frames - 1] + 1,
-                       torch.tensor([last])]) for _ in range(batch_size)]
+        return torch.arange(1, num_frames).expand(len(positions), -1).clone()
+    rows = [torch.cat([torch.randperm(last - 1, generator=clip_generator(seed, p))[:num_ref_frames - 1] + 1,
+                       torch.tensor([last])]) for p in positions]
     return torch.stack(rows)
 
 
@@ -137,7 +136,6 @@ class STMAETask:
             load_resnet(self.model.value_encoder, cfg.resnet18_path)
         self.model.to(self.device).train()
         self.distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-        self.rank = dist.get_rank() if self.distributed else 0
         recon = OneShotReconstruction(self.model)
         if self.distributed:
             cuda_index = self.device.index if self.device.type == "cuda" else None
@@ -163,7 +161,7 @@ class STMAETask:
         slots = torch.arange(1, m + 1, device=self.device)
         first_gt = (first.unsqueeze(1) == slots.view(1, m, 1, 1)).float()
         selector = (slots.view(1, m) <= batch["num_objects"].view(b, 1)).float().view(b, m, 1, 1)
-        refs = sample_references(b, t, self.cfg.num_ref_frames, step_generator(self.cfg.seed, self.rank, step))
+        refs = sample_references(batch["position"].tolist(), t, self.cfg.num_ref_frames, self.cfg.seed)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             logits, prob = self.recon(frames, first_gt, selector, refs.to(self.device))
         return stmae_loss(logits, prob, first, num_objects)
@@ -191,7 +189,8 @@ class STMAETask:
     @torch.no_grad()
     def calibrate_bn(self, batch: dict[str, torch.Tensor], parts: list[nn.Module]) -> None:
         """Set the running statistics of the BatchNorm layers in `parts` from one training forward pass over
-        `batch` (averaged over ranks), then freeze them again.
+        `batch` (with several ranks: over the whole global batch, every rank's slice gathered in rank order, so
+        that the statistics do not depend on how the batch is split), then freeze them again.
 
         Frozen statistics of a random encoder are mean 0, variance 1, so its BatchNorm layers do not normalise:
         the keys come out about 0.02 in size and the memory softmax is uniform (every query reads the mean
@@ -203,14 +202,20 @@ class STMAETask:
             m.reset_running_stats()
             m.momentum = None  # cumulative average over this pass
             m.train()
-        self.compute_loss(batch, 0)
+        self.compute_loss(self._gathered(batch) if self.distributed else batch, 0)
         for m in layers:
             m.momentum = 0.1
-            if self.distributed:
-                for buf in (m.running_mean, m.running_var):
-                    dist.all_reduce(buf)
-                    buf /= dist.get_world_size()
         self.model.train()
+
+    @staticmethod
+    def _gathered(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The global batch: every rank's `batch` (of the same shapes), concatenated in rank order."""
+        out = {}
+        for key in ("frames", "masks", "num_objects", "position"):
+            parts = [torch.empty_like(batch[key]) for _ in range(dist.get_world_size())]
+            dist.all_gather(parts, batch[key].contiguous())
+            out[key] = torch.cat(parts)
+        return out
 
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
