@@ -2,7 +2,7 @@
 `ray job submit -- python jobs/score.py --davis ... --results ... --task semi`."""
 import sys
 
-from raytrain.cli.score import main
+from raytrain.eval.score_cli import main
 from shards.errors import run_cli
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import numpy as np
 import scipy.io
 from PIL import Image, ImageDraw
 
-from .synth import _background, _draw_video, _jpeg, _texture, write_davis2016
+from .draw import draw_background, draw_texture, draw_video, jpeg_bytes
 
 JHMDB_JOINTS = ("neck", "belly", "face", "right shoulder", "left shoulder", "right hip", "left hip",
                 "right elbow", "left elbow", "right knee", "left knee", "right wrist", "left wrist",
@@ -85,7 +85,7 @@ def write_jhmdb(out: str | Path, *, num_videos: int = 3, num_frames: int = 8, he
         frames.mkdir(parents=True)
         mats.mkdir(parents=True)
         joints = _joints(rng, height, width, num_frames, off_frame=index % 2 == 1)
-        background = _background(rng, height, width)
+        background = draw_background(rng, height, width)
         for t in range(num_frames):
             img = background.copy()
             draw = ImageDraw.Draw(img)
@@ -118,13 +118,13 @@ def write_vip(out: str | Path, *, num_videos: int = 2, num_frames: int = 6, heig
     """VIP layout (module docstring); returns the video names."""
     out = Path(out)
     names = [f"videos{i + 1}" for i in range(num_videos)]
-    textures = [_texture(np.random.default_rng([seed, 9, c]), height) for c in range(len(VIP_CLASSES))]
+    textures = [draw_texture(np.random.default_rng([seed, 9, c]), height) for c in range(len(VIP_CLASSES))]
     for index, name in enumerate(names):
         rng = np.random.default_rng([seed, index])
         images, labels = out / "Images" / name, out / "Category_ids" / name
         images.mkdir(parents=True)
         labels.mkdir(parents=True)
-        background = _background(rng, height, width)
+        background = draw_background(rng, height, width)
         body = rng.uniform(0.8, 0.95) * height
         start = np.array([rng.uniform(0.35, 0.65) * width, 0.5 * height])
         velocity = rng.uniform(-0.02, 0.02, 2) * np.array([width, height * 0.3])
@@ -139,7 +139,7 @@ def write_vip(out: str | Path, *, num_videos: int = 2, num_frames: int = 6, heig
                 label[ya:yb, xa:xb] = c
                 img.paste(textures[c].crop((0, 0, xb - xa, yb - ya)), (xa, ya))
             stem = f"{t + 1:012d}"
-            (images / f"{stem}.jpg").write_bytes(_jpeg(img))
+            (images / f"{stem}.jpg").write_bytes(jpeg_bytes(img))
             (labels / f"{stem}.png").write_bytes(_png(label))
     (out / VIP_LIST).parent.mkdir(parents=True, exist_ok=True)
     (out / VIP_LIST).write_text("".join(f"Images/{n} Category_ids/{n}\n" for n in names))
@@ -149,12 +149,12 @@ def write_vip(out: str | Path, *, num_videos: int = 2, num_frames: int = 6, heig
 def _foreground_videos(out: Path, images: str, gt: str, names: list[str], num_frames: int, height: int, width: int,
                        max_objects: int, seed: int, first: int, annotated: Callable[[int], bool]) -> list[str]:
     for index, name in enumerate(names):
-        scene, labels = _draw_video(seed, index, height, width, num_frames, max_objects, True, False)
+        scene, labels = draw_video(seed, index, height, width, num_frames, max_objects, True, False)
         (out / images / name).mkdir(parents=True)
         (out / gt / name).mkdir(parents=True)
         for s, label in enumerate(labels):
             stem = f"{s + first:05d}"
-            (out / images / name / f"{stem}.jpg").write_bytes(_jpeg(scene.render(s)[0]))
+            (out / images / name / f"{stem}.jpg").write_bytes(jpeg_bytes(scene.render(s)[0]))
             if annotated(s):
                 (out / gt / name / f"{stem}.png").write_bytes(_png(np.where(label > 0, 255, 0).astype(np.uint8)))
     return names
@@ -177,9 +177,7 @@ def write_fbms(out: str | Path, *, num_videos: int = 2, num_frames: int = 22, he
 
 
 def write_benchmark(layout: str, out: str | Path, *, num_videos: int, num_frames: int, seed: int = 0) -> list[str]:
-    """`python -m shards.synth --layout jhmdb|vip|davis2016|segtrackv2|fbms`: the set at its default frame size."""
-    if layout == "davis2016":
-        return write_davis2016(out, num_videos=num_videos, num_frames=num_frames, height=64, num_val=num_videos,
-                               seed=seed)
+    """`python -m shards.synth --layout jhmdb|vip|segtrackv2|fbms`: the set at its default frame size (DAVIS-2016:
+    `shards.synth.write_davis2016`)."""
     write = {"jhmdb": write_jhmdb, "vip": write_vip, "segtrackv2": write_segtrackv2, "fbms": write_fbms}[layout]
     return write(out, num_videos=num_videos, num_frames=num_frames, seed=seed)

@@ -101,5 +101,9 @@ def synthetic_benchmark(dataset: str, seed: int = 0) -> str:
     from .bench_synth import write_benchmark
 
     videos, frames = SYNTHETIC_BENCHMARKS[dataset]
+    if dataset == "davis2016":
+        return _once(cache_dir() / f"eval-{dataset}-s{seed}",
+                     lambda p: write_davis2016(p, num_videos=videos, num_frames=frames, height=64, num_val=videos,
+                                               seed=seed))
     return _once(cache_dir() / f"eval-{dataset}-s{seed}",
                  lambda p: write_benchmark(dataset, p, num_videos=videos, num_frames=frames, seed=seed))

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from raytrain.cli.evaluate import main_smtc
-from raytrain.cli.score import main as score_main
+from raytrain.eval.score_cli import main as score_main
 from raytrain.eval.foreground import foreground, iou, mean_iou, FrameIoUs
 from raytrain.eval.keypoints import label_map, pck, pck_distances, read_keypoints
 from raytrain.eval.parts import confusion, miou

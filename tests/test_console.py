@@ -9,7 +9,7 @@ from raytrain.cli.train import run_lines, summary
 from raytrain.config import SMTCConfig, STMAEConfig, scaled_lr
 from raytrain.methods import get
 from raytrain.train.stmae_task import lr_at
-from raytrain.train.loop import progress_line
+from raytrain.train.progress import progress_line
 from shards.progress import Progress
 
 

@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from shards import synth
-from shards.synth import _draw_video, write_davis, write_ytvos
+from shards.draw import CATEGORIES, draw_video
+from shards.synth import write_davis, write_ytvos
 
 # Palette facts checked on real annotations (reference/eval.md §6; XMem util/palette.py).
 VOC = {0: (0, 0, 0), 1: (128, 0, 0), 2: (0, 128, 0), 3: (128, 128, 0), 9: (192, 0, 0), 255: (224, 224, 192)}
@@ -111,7 +112,7 @@ def test_ytvos_train(synth_ytvos):
                 present.setdefault(str(i), []).append(p.stem)
         objects = meta[vid]["objects"]
         assert {k: o["frames"] for k, o in objects.items()} == present
-        assert all(o["category"] in synth.CATEGORIES for o in objects.values())
+        assert all(o["category"] in CATEGORIES for o in objects.values())
 
 
 def test_ytvos_valid_first_appearance(synth_ytvos):
@@ -140,7 +141,7 @@ def test_ytvos_valid_first_appearance(synth_ytvos):
 def test_objects_move_occlude_and_background_pans():
     moved = occluded = panned = 0
     for index in range(4):
-        scene, labels = _draw_video(3, index, 96, 171, 12, 3, True, False)
+        scene, labels = draw_video(3, index, 96, 171, 12, 3, True, False)
         assert scene.pan_velocity.any()
         first, last = scene.render(0)[0], scene.render(11)[0]
         panned += np.abs(np.asarray(first, int) - np.asarray(last, int)).mean() > 5

@@ -113,13 +113,13 @@ def shards(ray_local, tmp_path_factory):
 
 @pytest.mark.slow
 def test_validation_runs_while_training_goes_on(shards, tmp_path):
-    """STMAE on 2 workers, a checkpoint every 2 steps; a scripted validation that takes 6 s and scores step 2
-    best, fails on step 4 and scores step 6 low. Training steps are logged while step 2's validation runs;
-    the run ends; each score lands on its checkpoint; with num_to_keep 1 the kept checkpoints are the best
-    (step 2) and the newest (step 6)."""
+    """STMAE on 2 workers, 10 steps, a checkpoint every 2; a scripted validation that takes 6 s and scores step 2
+    best, fails on step 4 and scores the later ones low. Training steps are logged while step 2's validation
+    runs; the run ends; each score lands on its checkpoint; with num_to_keep 1 the kept checkpoints are the
+    best (step 2) and the newest (step 10)."""
     spans = tmp_path / "spans"
     spans.mkdir()
-    scripted = {0: 0.5, 2: 0.9, 6: 0.1}
+    scripted = {0: 0.5, 2: 0.9, 6: 0.1, 8: 0.2, 10: 0.3}
 
     def scripted_validation(task, cfg):
         state = task.optimizer.state_dict()["state"]
@@ -132,8 +132,8 @@ def test_validation_runs_while_training_goes_on(shards, tmp_path):
         return {"val_jf": scripted[step], "val_j": scripted[step], "val_f": scripted[step]}
 
     cfg = STMAEConfig(data=[str(shards / "davis_shards")], val_data=str(shards / "davis"), crop=64, num_frames=4,
-                      num_ref_frames=2, batch_size=1, max_skip=[3], max_skip_at=[0.0], num_workers=2, steps=6,
-                      checkpoint_every=2, log_every=1, max_failures=0, num_to_keep=1, cpus_per_worker=1,
+                      num_ref_frames=2, batch_size=1, max_skip=[3], max_skip_at=[0.0], num_workers=2, steps=10,
+                      checkpoint_every=2, log_every=1, max_failures=0, num_to_keep=1, cpus_per_worker=0.5, decode_workers=1,
                       val_cpus=0.5, storage_path=str(tmp_path / "runs"), name="offpath")
     result = fit(replace(get("stmae"), validate=scripted_validation), cfg)
     run = tmp_path / "runs" / "offpath"
@@ -144,12 +144,12 @@ def test_validation_runs_while_training_goes_on(shards, tmp_path):
         f"no step trained while step 2 was validated ({start}-{end}): {losses}"
 
     assert {r["step"]: r.get("val_jf", r.get("error")) for r in read_records(str(run))} == {
-        0: 0.5, 2: 0.9, 4: "scripted failure at step 4", 6: 0.1}
+        0: 0.5, 2: 0.9, 4: "scripted failure at step 4", 6: 0.1, 8: 0.2, 10: 0.3}
     assert {s: v for s, (v, _) in _scalars(run / "tensorboard", "train/val_jf").items()} == pytest.approx(scripted)
 
     kept = {read_manifest(p)["step"]: p for p in run.glob(f"{CHECKPOINT_GLOB}*") if p.is_dir()}
-    assert sorted(kept) == [2, 6]  # the best and the newest; step 4 (failed validation) went first
+    assert sorted(kept) == [2, 10]  # the best and the newest; step 4 (failed validation) went first
     by_step = {load_checkpoint_state(c.path)["step"]: m for c, m in result.best_checkpoints}
     assert by_step[2]["val_jf"] == 0.9 and by_step[2]["step"] == 2  # Train's record of the checkpoint has it
-    assert result.metrics["step"] == 6 and result.metrics["val_jf"] == 0.1  # the newest, once validated
-    assert load_checkpoint_state(result.checkpoint.path)["step"] == 6
+    assert result.metrics["step"] == 10 and result.metrics["val_jf"] == 0.3  # the newest, once validated
+    assert load_checkpoint_state(result.checkpoint.path)["step"] == 10

@@ -53,7 +53,8 @@ from raytrain.checkpoints import STATE_FILE, load_checkpoint_state
 from shards.cache import SYNTHETIC_SET
 from shards.layout import list_videos
 from shards.pack import pack
-from shards.synth import VOID, write_davis, write_ytvos
+from shards.draw import VOID
+from shards.synth import write_davis, write_ytvos
 
 DATA = SYNTHETIC_SET  # the default runs' sizes (12 train + 4 val videos per layout), other seeds
 # STMAE memorised 12 training videos (an in-process probe: decoded masks IoU 0.17 on train videos, 0.08 on

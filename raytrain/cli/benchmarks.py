@@ -1,24 +1,22 @@
 """`jobs/eval_smtc.py --dataset jhmdb|vip|davis2016|segtrackv2|fbms`: SMTC's evaluation sets beyond DAVIS-2017,
-on the same actor pool (or `--serial`), and `python -m raytrain.eval score --task pck|vip|fg-iou`.
+on the same actor pool (or `--serial`).
 
 Outputs: `keypoints/<list index>.npy` (JHMDB), `parts/<video>/<frame>.png` (VIP), `foreground/<seq>/<frame>.png`
 (discovery), `summary.json`; `python -m raytrain.eval score --task pck|vip|fg-iou --results <out>/<that folder>`
-gives the same numbers from the files.
+(`raytrain.eval.score_cli`) gives the same numbers from the files.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from raytrain.cli.evaluate import evaluate, inputs, model_spec
-from raytrain.config import EvalSMTCConfig, ScoreConfig
-from raytrain.eval.bench_score import score_benchmark
+from raytrain.cli.eval_run import evaluate, inputs, model_spec
+from raytrain.config import EvalSMTCConfig
 from raytrain.eval.discovery import DiscoverySettings
 from raytrain.eval.foreground import RULES, foreground_video, mean_iou
 from raytrain.eval.keypoints import keypoint_video, pck
@@ -106,19 +104,3 @@ def main_benchmark(cfg: EvalSMTCConfig) -> dict[str, Any]:
     print(f"{len(results)} videos in {seconds:.1f} s; outputs in {cfg.out or out}", flush=True)
     upload(out, cfg.out)
     return summary
-
-
-def score_main(cfg: ScoreConfig) -> dict[str, Any]:
-    """`python -m raytrain.eval score --task pck|vip|fg-iou --data ROOT --results DIR [--dataset ...]`."""
-    if not cfg.data:
-        raise UsageError(f"--task {cfg.task} needs --data: the ground-truth root (JHMDB, VIP or the --dataset set)")
-    if not cfg.results:
-        raise UsageError("--results is required: the folder of predictions to score")
-    start = time.perf_counter()
-    scores = score_benchmark(cfg.task, cfg.data, cfg.results, cfg.dataset, cfg.imset)
-    shown = {k: v for k, v in scores.items() if k != "per_class"}
-    print(f"{cfg.task} of {cfg.results}: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
-                                                     for k, v in shown.items())
-          + f" ({time.perf_counter() - start:.1f} s)", flush=True)
-    return scores
-

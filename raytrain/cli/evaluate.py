@@ -13,43 +13,22 @@ the printed summary table, and `overlays/<video>.gif|png` for the first few vide
 from __future__ import annotations
 
 import dataclasses
-import time
 from functools import partial
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
-import torch
-
-from raytrain.config import EvalConfig, check_flags, with_small
+from raytrain.cli.benchmarks import main_benchmark
+from raytrain.cli.eval_run import evaluate, inputs, model_spec
+from raytrain.config import check_flags, with_small
 from raytrain.eval.discovery import OFFICIAL, PROTOCOL_NOTE, DiscoverySettings, discover_video
-from raytrain.eval.distributed import run_serial, run_videos
-from raytrain.eval.models import RANDOM_WARNING, ModelSpec, build_model
 from raytrain.eval.propagation import PRESETS, propagation_video
 from raytrain.eval.report import MaskWriter, finish, output_folder, upload
-from raytrain.eval.video_io import VideoResult, partial_ground_truth
+from raytrain.eval.video_io import partial_ground_truth
 from raytrain.eval.vos import VOSSettings, is_youtube, list_vos_videos, mask_folder, segment_video, write_submission
 from raytrain.method import Method
 from raytrain.methods import smtc, stmae
-from shards.cluster import init_ray
-from shards.errors import UsageError, UserError, naming
+from shards.errors import UserError, naming
 from shards.cache import synthetic_davis, synthetic_vos
 from shards.layout import list_videos
-
-def evaluate(cfg: EvalConfig, spec: ModelSpec, work: Callable, items: Sequence, writer: MaskWriter
-        ) -> tuple[list[VideoResult], float]:
-    """Evaluate `items` serially or on Ray; returns the results (input order) and the wall time."""
-    if not items:
-        raise UserError(f"--data {cfg.data or '(synthetic)'}: no videos to evaluate in split {cfg.split!r}")
-    start = time.perf_counter()
-    if cfg.serial:
-        use_gpu = torch.cuda.is_available() if cfg.use_gpu is None else cfg.use_gpu
-        if use_gpu and not torch.cuda.is_available():
-            raise UsageError("--use_gpu: no GPU in this process")
-        results = run_serial(build_model, spec, work, items, device="cuda" if use_gpu else "cpu", on_result=writer)
-    else:
-        init_ray()  # only now: every input was checked on the driver
-        results = run_videos(build_model, spec, work, items, num_actors=cfg.num_actors, use_gpu=cfg.use_gpu,
-                             cpus_per_actor=cfg.cpus_per_actor, on_result=writer)
-    return results, time.perf_counter() - start
 
 
 def _prepare(method: Method, argv: Sequence[str] | None) -> Any:
@@ -58,22 +37,6 @@ def _prepare(method: Method, argv: Sequence[str] | None) -> Any:
         print(f"no --data given: evaluating on a small synthetic data set ({overrides})", flush=True)
     check_flags(cfg)
     return cfg
-
-
-def model_spec(cfg: Any, method: Method) -> ModelSpec:
-    """The model spec, its weights read and checked here; errors name the weights flag."""
-    flag = "--checkpoint" if cfg.checkpoint or not getattr(cfg, "dino_path", "") else "--dino_path"
-    with naming(flag, cfg.checkpoint or getattr(cfg, "dino_path", "")):
-        spec = method.eval_model(cfg)
-    if spec.random:
-        print(RANDOM_WARNING, flush=True)
-    return spec
-
-
-def inputs(cfg: Any, data: str) -> list[tuple[str, str]]:
-    """What an evaluation reads, which its --out must keep clear of."""
-    return [("--data", data), ("--checkpoint", cfg.checkpoint), ("--dino_path", getattr(cfg, "dino_path", "")),
-            ("--imset", getattr(cfg, "imset", ""))]
 
 
 def _refuse_partial_ground_truth(data: str, videos: Sequence) -> None:
@@ -86,7 +49,6 @@ def main_smtc(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """`python jobs/eval_smtc.py [flags]`: SMTC label propagation or object discovery on DAVIS-2017."""
     cfg = _prepare(smtc.METHOD, argv)
     if cfg.dataset != "davis2017":
-        from raytrain.cli.benchmarks import main_benchmark
         return main_benchmark(cfg)
     cfg = dataclasses.replace(cfg, preset=cfg.preset or "A")
     spec = model_spec(cfg, smtc.METHOD)

@@ -1,7 +1,7 @@
 """`python -m raytrain.eval score --davis ROOT --results DIR --task semi|unsup ...` (`--help` lists the flags)."""
 import sys
 
-from raytrain.cli.score import main
+from raytrain.eval.score_cli import main
 from shards.errors import run_cli
 
 COMMANDS = {"score": main}

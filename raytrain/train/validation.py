@@ -25,6 +25,7 @@ import torch
 from raytrain.checkpoints import CheckpointError, join, load_checkpoint, read_manifest, storage_uri
 from raytrain.config import from_dict
 from raytrain.method import Method
+from raytrain.train.progress import progress_line
 from shards.errors import storage_problem
 from shards.layout import resolve
 
@@ -82,8 +83,6 @@ def merged_curve(curve: list[dict[str, Any]], run: str) -> list[dict[str, Any]]:
 
 def _publish(method: str, cfg: Any, step: int, metrics: dict[str, float], run: str, tensorboard_dir: str) -> None:
     from torch.utils.tensorboard import SummaryWriter
-
-    from raytrain.train.loop import progress_line
 
     write_record(run, {"step": step, **metrics})
     writer = SummaryWriter(tensorboard_dir, filename_suffix=f".val{step}")

@@ -11,17 +11,17 @@ set is large enough to repay its start; a line says when it is not); under `ray 
 one worker per CPU of the cluster.
 
 `--task pck|vip|fg-iou --data ROOT` scores JHMDB keypoints, VIP parts or single foregrounds instead
-(`raytrain.cli.benchmarks`, in this process).
+(`raytrain.eval.bench_score`, in this process).
 """
 from __future__ import annotations
 
 import os
 import time
-from typing import Sequence
+from typing import Any, Sequence
 
 from raytrain.config import ScoreConfig, check_flags, parse
 from raytrain.eval import davis
-from raytrain.eval.bench_score import SCORE_TASKS
+from raytrain.eval.bench_score import SCORE_TASKS, score_benchmark
 from raytrain.eval.score import check_output, plan, protocol, score_jobs, summary_table, write_results
 from shards.errors import UsageError
 
@@ -46,8 +46,7 @@ def _workers(requested: int) -> int:
 def main(argv: Sequence[str] | None = None) -> davis.Report:
     cfg = parse(ScoreConfig, argv)
     if cfg.task in SCORE_TASKS:
-        from raytrain.cli.benchmarks import score_main
-        return score_main(cfg)
+        return main_benchmark(cfg)
     if not cfg.davis:
         raise UsageError("--davis is required: the DAVIS root that holds ImageSets/ and Annotations/480p")
     if not cfg.results:
@@ -66,3 +65,19 @@ def main(argv: Sequence[str] | None = None) -> davis.Report:
     print(f"\n{len(jobs)} sequences, {len(report.objects)} objects in {time.perf_counter() - start:.1f} s; "
           f"wrote {', '.join(str(p) for p in csvs)}", flush=True)
     return report
+
+
+def main_benchmark(cfg: ScoreConfig) -> dict[str, Any]:
+    """`--task pck|vip|fg-iou --data ROOT --results DIR [--dataset ...]`: JHMDB keypoints, VIP parts or single
+    foregrounds."""
+    if not cfg.data:
+        raise UsageError(f"--task {cfg.task} needs --data: the ground-truth root (JHMDB, VIP or the --dataset set)")
+    if not cfg.results:
+        raise UsageError("--results is required: the folder of predictions to score")
+    start = time.perf_counter()
+    scores = score_benchmark(cfg.task, cfg.data, cfg.results, cfg.dataset, cfg.imset)
+    shown = {k: v for k, v in scores.items() if k != "per_class"}
+    print(f"{cfg.task} of {cfg.results}: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                                                     for k, v in shown.items())
+          + f" ({time.perf_counter() - start:.1f} s)", flush=True)
+    return scores
