@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
+from bench.stmae_step import synthetic_batch
 from raytrain.config import SMTCConfig, STMAEConfig
 from raytrain.data import decode, device_decode
 from raytrain.eval import propagation as prop
@@ -98,25 +99,12 @@ def test_smtc_step_bf16_matches_fp32(device, record_property):
     _check_bf16({k: statistics.median(r[k] for r in runs) for k in runs[0]}, record_property)
 
 
-def stmae_batch(b: int, t: int, s: int, k: int, device: str) -> dict[str, torch.Tensor]:
-    """Random frames with k square objects drifting right, as bench/stmae_step.py makes them."""
-    g = torch.Generator().manual_seed(0)
-    frames = torch.randint(0, 256, (b, t, 3, s, s), dtype=torch.uint8, generator=g)
-    masks = torch.zeros(b, t, s, s, dtype=torch.uint8)
-    for i in range(k):
-        y = x = s // 8 + i * s // 4
-        for ti in range(t):
-            masks[:, ti, y:y + s // 4, x + ti * 4:x + s // 4 + ti * 4] = i + 1
-    return {"frames": frames.to(device), "masks": masks.to(device), "num_objects": torch.full((b,), k).to(device),
-            "position": torch.arange(b)}
-
-
 @pytest.mark.parametrize("device", DEVICES)
 def test_stmae_step_bf16_matches_fp32(device, record_property):
     # CUDA: the upstream clip (8 frames, 3 references, 384², 3 objects) at batch 2; CPU: a small one.
     t, refs, s, b = (8, 3, 384, 2) if device == "cuda" else (2, 1, 32, 1)
     cfg = STMAEConfig(num_frames=t, num_ref_frames=refs, max_objects=3, crop=s, batch_size=b, steps=100)
-    batch = stmae_batch(b, t, s, 2 if device == "cpu" else 3, device)
+    batch = synthetic_batch(b, t, s, 2 if device == "cpu" else 3, torch.device(device))
     _check_bf16(bf16_against_fp32(lambda: STMAETask(cfg, device), batch), record_property)
 
 
