@@ -35,7 +35,7 @@ import sys
 import tarfile
 import uuid
 import zlib
-from typing import Iterator
+from typing import Any, Iterator
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -44,6 +44,7 @@ from PIL import Image
 
 from .cluster import init_ray
 from .errors import NotFound, UsageError, UserError, storage_problem
+from .fanout import fan_out
 from .layout import Video, canonical_split, detect_layout, image_problem, list_videos, resolve
 from .paths import output_entries, refuse_overlap
 from .progress import Progress
@@ -438,34 +439,31 @@ def pack(src: str, out: str, layout: str | None = None, split: str = "train", *,
         init_ray()
         write = ray.remote(num_cpus=1)(write_shard)
         index = ray.remote(num_cpus=1)(index_shard)
-        pending = {}
-        for name, vs in plan:
+
+        def submit(k: int) -> Any:
+            name, vs = plan[k]
             if name in existing:
-                pending[index.remote(fs, folder, name, [v.id for v in vs])] = (name, "kept")
-            else:
-                pending[write.remote(fs, folder, name, vs, layout, split, resize_short, run)] = (name, "written")
-        results = {}
-        bar = Progress(len(plan), "pack", unit="shard")
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=STALL_S)
-            if not ready:
-                free, total = ray.available_resources().get("CPU", 0), ray.cluster_resources().get("CPU", 0)
-                print(f"pack: no shard finished in the last {STALL_S:.0f} s; {len(pending)} shard tasks (1 CPU "
-                      f"each) pending; the Ray cluster has {free:g} of {total:g} CPUs free", file=sys.stderr)
-                continue
-            name, what = pending.pop(ready[0])
-            try:
-                results[name] = ray.get(ready[0])
-            except ray.exceptions.RayTaskError as e:
-                if isinstance(e.cause, UserError):
-                    raise e.cause from None
-                raise
-            for row in results[name]:
+                return index.remote(fs, folder, name, [v.id for v in vs])
+            return write.remote(fs, folder, name, vs, layout, split, resize_short, run)
+
+        def done(k: int, rows: list[dict[str, Any]]) -> None:
+            name = plan[k][0]
+            for row in rows:
                 if row.get("warning"):
                     print(f"pack: warning: {name}: {row['warning']}", file=sys.stderr)
+            what = "kept" if name in existing else "written"
             if verbose:
-                print(f"{name}: {what} ({len(results[name])} videos)", file=sys.stderr)
+                print(f"{name}: {what} ({len(rows)} videos)", file=sys.stderr)
             bar.update(note=f"{name} {what}")
+
+        def stalled(running: list[int], _: float) -> None:
+            free, total = ray.available_resources().get("CPU", 0), ray.cluster_resources().get("CPU", 0)
+            print(f"pack: no shard finished in the last {STALL_S:.0f} s; {len(running)} shard tasks (1 CPU "
+                  f"each) pending; the Ray cluster has {free:g} of {total:g} CPUs free", file=sys.stderr)
+
+        bar = Progress(len(plan), "pack", unit="shard")
+        found = fan_out(len(plan), submit, on_result=done, stall_s=STALL_S, on_stall=stalled)
+        results = {name: rows for (name, _), rows in zip(plan, found)}
         bar.close()
         table = pa.Table.from_pylist([r for name, _ in plan for r in results[name]], schema=SCHEMA)
         buf = pa.BufferOutputStream()

@@ -1,11 +1,11 @@
 """DAVIS J / F / statistics as the evaluator computes them, against hand-computed values and an independent
 implementation.
 
-Production scores every sequence with `davis.score_semi` / `davis.score_unsup`: J from per-frame confusion
-counts, F from `metrics.label_boundaries` and the k-d tree matching of `metrics.f_from_boundaries`, statistics
-from `metrics.statistics` combined by `davis.combine` (`metrics.jaccard` and `metrics.f_measure` are not on that
-path). So J and F are tested through `score_semi` / `score_unsup`, and the reference is tests/davis_reference.py,
-a literal implementation of the official toolkit's definitions that imports nothing from raytrain.
+Production scores every sequence with `davis.score_semi` / `davis.score_unsup`: J from per-object pixel
+counts, F from `metrics.label_boundaries` and the bitmap matching of `metrics.f_from_boundaries`, statistics
+from `metrics.statistics` combined by `davis.combine`. So J and F are tested through `score_semi` /
+`score_unsup`, and the reference is tests/davis_reference.py, a literal implementation of the official
+toolkit's definitions that imports nothing from raytrain.
 """
 from __future__ import annotations
 

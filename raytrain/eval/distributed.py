@@ -27,6 +27,7 @@ import torch
 from raytrain.eval.video_io import VideoResult
 from shards.progress import Progress
 from shards.errors import UsageError, UserError
+from shards.fanout import fan_out
 
 # Bounds on waiting for Ray: actors that cannot be placed, and a video that never finishes (seconds).
 START_ENV, STALL_ENV = "RAYTRAIN_EVAL_START_S", "RAYTRAIN_EVAL_STALL_S"
@@ -170,57 +171,58 @@ class EvalPool:
             ) -> list[VideoResult]:
         """Evaluate every item; results in input order. `on_result(index, result)` runs as each one arrives.
 
-        The largest videos (frames x pixels) go out first, so no actor is left with a long one at the end.
+        The largest videos (frames x pixels) go out first (`shards.fanout`), so no actor is left with a long one
+        at the end.
         """
-        import ray
         from ray.exceptions import RayActorError, RayTaskError
 
-        results: list[VideoResult | None] = [None] * len(items)
-        pending = deque(sorted(range(len(items)), key=lambda i: -item_cost(items[i])))
         idle = deque(range(len(self.actors)))
-        running: dict[Any, tuple[int, int]] = {}  # ref -> (actor slot, item index)
+        slot_of: dict[int, int] = {}  # item index -> the actor slot it runs on
         resubmits = [0] * len(items)
         bar = _progress(len(items), self.log)
-        last = time.monotonic()
-        while pending or running:
-            while pending and idle:
-                slot, i = idle.popleft(), pending.popleft()
-                running[self.actors[slot].run.remote(items[i])] = (slot, i)
-            ready, _ = ray.wait(list(running), num_returns=1, timeout=60)
-            if not ready:
-                names = ", ".join(item_name(items[i]) for _, i in running.values())
-                if time.monotonic() - last > STALL_S:
-                    raise TimeoutError(f"no video finished in {time.monotonic() - last:.0f} s (running: {names}); "
-                                       f"{STALL_ENV} waits longer")
-                self.log(f"[eval] still running: {names} ({time.monotonic() - last:.0f} s since the last video)")
-                continue
-            (ref,), last = ready, time.monotonic()
-            slot, i = running.pop(ref)
-            try:
-                result = ray.get(ref)
-            except RayActorError as e:
-                resubmits[i] += 1
-                if resubmits[i] > self.max_resubmits:
-                    raise RuntimeError(f"video {item_name(items[i])!r}: its actor died {resubmits[i]} times; "
-                                       f"giving up") from e
-                self.log(f"[eval] actor {slot} died while on {item_name(items[i])!r} ({type(e).__name__}); "
-                         f"starting a new actor and resubmitting (attempt {resubmits[i] + 1})")
-                ray.kill(self.actors[slot], no_restart=True)
-                self.actors[slot] = self._start()
-                pending.appendleft(i)
-                idle.append(slot)
-                continue
-            except RayTaskError as e:
-                if isinstance(e.cause, UserError):  # bad input of this video: named, no traceback
-                    raise UserError(f"evaluating video {item_name(items[i])!r}: {e.cause}") from None
-                raise RuntimeError(f"evaluating video {item_name(items[i])!r} failed: {e.cause!r}") from e
-            idle.append(slot)
-            results[i] = result
+
+        def submit(i: int) -> Any:
+            slot_of[i] = idle.popleft()
+            return self.actors[slot_of[i]].run.remote(items[i])
+
+        def done(i: int, result: VideoResult) -> None:
+            idle.append(slot_of.pop(i))
             if on_result is not None:
                 on_result(i, result)
             bar.update(note=result.name)
+
+        def failed(i: int, e: BaseException) -> bool:
+            slot = slot_of.pop(i)
+            if isinstance(e, RayTaskError):
+                if isinstance(e.cause, UserError):  # bad input of this video: named, no traceback
+                    raise UserError(f"evaluating video {item_name(items[i])!r}: {e.cause}") from None
+                raise RuntimeError(f"evaluating video {item_name(items[i])!r} failed: {e.cause!r}") from e
+            if not isinstance(e, RayActorError):
+                return False
+            resubmits[i] += 1
+            if resubmits[i] > self.max_resubmits:
+                raise RuntimeError(f"video {item_name(items[i])!r}: its actor died {resubmits[i]} times; "
+                                   f"giving up") from e
+            self.log(f"[eval] actor {slot} died while on {item_name(items[i])!r} ({type(e).__name__}); "
+                     f"starting a new actor and resubmitting (attempt {resubmits[i] + 1})")
+            import ray
+
+            ray.kill(self.actors[slot], no_restart=True)
+            self.actors[slot] = self._start()
+            idle.append(slot)
+            return True
+
+        def stalled(running: list[int], since: float) -> None:
+            names = ", ".join(item_name(items[i]) for i in running)
+            if since > STALL_S:
+                raise TimeoutError(f"no video finished in {since:.0f} s (running: {names}); {STALL_ENV} waits "
+                                   f"longer")
+            self.log(f"[eval] still running: {names} ({since:.0f} s since the last video)")
+
+        results = fan_out(len(items), submit, slots=len(self.actors), cost=lambda i: item_cost(items[i]),
+                          on_result=done, on_error=failed, stall_s=60, on_stall=stalled)
         bar.close()
-        return results  # type: ignore[return-value]
+        return results
 
     def shutdown(self) -> None:
         import ray

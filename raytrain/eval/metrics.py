@@ -58,28 +58,6 @@ def _as_frames(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def _check(gt: np.ndarray, pred: np.ndarray, void: np.ndarray | None) -> None:
-    if gt.shape != pred.shape:
-        raise ValueError(f"annotation {gt.shape} and segmentation {pred.shape} shapes differ")
-    if void is not None and void.shape != gt.shape:
-        raise ValueError(f"annotation {gt.shape} and void {void.shape} shapes differ")
-
-
-def jaccard(gt: np.ndarray, pred: np.ndarray, void: np.ndarray | None = None) -> np.ndarray | float:
-    """Region similarity J per frame for binary masks [T, H, W] (a float for one [H, W] frame)."""
-    gt, pred = _as_frames(gt), _as_frames(pred)
-    void = None if void is None else _as_frames(void)
-    _check(gt, pred, void)
-    inter, union = gt & pred, gt | pred
-    if void is not None:
-        inter &= ~void
-        union &= ~void
-    i = inter.sum(axis=(-2, -1))
-    u = union.sum(axis=(-2, -1))
-    j = np.where(u == 0, 1.0, i / np.maximum(u, 1))
-    return float(j) if j.ndim == 0 else j
-
-
 class Boundary:
     """Boundary pixels (t, y, x) of a binary mask sequence [T, H, W], with per-frame boxes for tolerance look-ups."""
 
@@ -279,23 +257,6 @@ def f_from_boundaries(gt: Boundary, pred: Boundary, radius: int) -> np.ndarray:
     recall = np.where(n_gt > 0, gt_match / np.maximum(n_gt, 1), 1.0)
     denom = precision + recall
     return np.where(denom > 0, 2 * precision * recall / np.where(denom > 0, denom, 1.0), 0.0)
-
-
-def f_measure(gt: np.ndarray, pred: np.ndarray, void: np.ndarray | None = None,
-              bound_th: float = 0.008) -> np.ndarray | float:
-    """Contour accuracy F per frame for binary masks [T, H, W] (a float for one [H, W] frame).
-
-    Void pixels are cleared from both masks before their boundaries are taken, as upstream does.
-    """
-    gt, pred = _as_frames(gt), _as_frames(pred)
-    void = None if void is None else _as_frames(void)
-    _check(gt, pred, void)
-    single = gt.ndim == 2
-    if void is not None:
-        gt, pred = gt & ~void, pred & ~void
-    radius = bound_pix(gt.shape[-2:], bound_th)
-    f = f_from_boundaries(Boundary(gt), Boundary(pred), radius)
-    return float(f[0]) if single else f
 
 
 def statistics(per_frame: np.ndarray) -> tuple[float, float, float]:

@@ -22,16 +22,16 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections import deque
 from dataclasses import dataclass
 from pathlib import PurePath
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import pyarrow.fs as pafs
 
 from raytrain.eval import davis
 from shards.cluster import cluster_address, init_ray
 from shards.errors import NotFound, UsageError, UserError
+from shards.fanout import fan_out
 from shards.layout import resolve
 from shards.paths import local_path, output_entries, prepare_local_folder, probe_uri, refuse_overlap, relation
 
@@ -170,7 +170,6 @@ def score_jobs(jobs: Sequence[SequenceJob], num_workers: int = 1, log: Callable[
     if num_workers <= 1 or len(jobs) < 2:
         return [score_sequence(j) for j in jobs]
     import ray
-    from ray.exceptions import RayTaskError
 
     out: list[davis.SequenceScores | None] = [None] * len(jobs)
     todo = range(len(jobs))
@@ -183,25 +182,24 @@ def score_jobs(jobs: Sequence[SequenceJob], num_workers: int = 1, log: Callable[
                 return [out[0], *(score_sequence(j) for j in jobs[1:])]
         init_ray()
     task = ray.remote(num_cpus=1, max_retries=2)(score_sequence)
-    order = deque(sorted(todo, key=lambda i: -jobs[i].gt_bytes))
-    running: dict[Any, int] = {}
-    start = time.perf_counter()
-    while order or running:
-        while order and len(running) < num_workers:
-            i = order.popleft()
-            running[task.remote(jobs[i])] = i
-        (ref,), _ = ray.wait(list(running), num_returns=1)
-        i = running.pop(ref)
-        try:
-            out[i] = ray.get(ref)
-        except RayTaskError as e:
-            if isinstance(e.cause, (ValueError, FileNotFoundError)):
-                raise e.cause from None
-            raise
-        done = len(todo) - len(order) - len(running)
-        elapsed = time.perf_counter() - start
-        log(f"[score] {done + len(jobs) - len(todo)}/{len(jobs)} sequences ({jobs[i].sequence}), "
-            f"{done / elapsed:.2f} sequences/s")
+    rest = list(todo)
+    start, finished = time.perf_counter(), [len(jobs) - len(rest)]
+
+    def done(k: int, _: davis.SequenceScores) -> None:
+        finished[0] += 1
+        log(f"[score] {finished[0]}/{len(jobs)} sequences ({jobs[rest[k]].sequence}), "
+            f"{(finished[0] - len(jobs) + len(rest)) / (time.perf_counter() - start):.2f} sequences/s")
+
+    def bad_data(k: int, e: BaseException) -> bool:
+        cause = getattr(e, "cause", None)
+        if isinstance(cause, (ValueError, FileNotFoundError)):  # a bad file or id, named by the sequence
+            raise cause from None
+        return False
+
+    scored = fan_out(len(rest), lambda k: task.remote(jobs[rest[k]]), slots=num_workers,
+                     cost=lambda k: jobs[rest[k]].gt_bytes, on_result=done, on_error=bad_data, stall_s=600)
+    for k, i in enumerate(rest):
+        out[i] = scored[k]
     return out  # type: ignore[return-value]
 
 
