@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 from .errors import find_user_error
 
