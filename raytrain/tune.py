@@ -45,7 +45,6 @@ from ray.tune.search import BasicVariantGenerator
 
 from raytrain.config import LOG_UNIFORM, SweepOptions, check_flags, from_dict, to_dict
 from raytrain.method import Method
-from raytrain.methods import get
 from raytrain.runtime import run_dir
 from raytrain.train.loop import fatal_error, make_trainer
 from shards.errors import UsageError, UserError, find_user_error
@@ -120,9 +119,9 @@ def trial_name(trial: Any) -> str:
     return f"trial_{int(trial.trial_id.rsplit('_', 1)[-1]):03d}"
 
 
-def drive_trial(config: dict[str, Any]) -> None:
-    """One trial: the method's Train run with this trial's parameters, reporting every result to Tune."""
-    method = get(config["job"])  # the method's name, under the key sweeps have always saved it
+def drive_trial(config: dict[str, Any], method: Method) -> None:
+    """One trial: the Train run of `method` (the sweep's record, handed over by `ray.tune.with_parameters`) with
+    this trial's parameters, reporting every result to Tune."""
     name = ray.tune.get_context().get_trial_name()
     params = {k: config[k] for k in method.searched}
     cfg = from_dict(method.config, {**config["base"], **params, "name": name, "storage_path": config["train_storage"]})
@@ -146,7 +145,7 @@ def make_tuner(method: Method, cfg: Any) -> ray.tune.Tuner:
     """A new sweep, or the interrupted one with the same name and storage (restored)."""
     storage, name = sweep_dir(cfg, method)
     trainable = ray.tune.with_resources(
-        drive_trial, {"CPU": 0.01, **({cfg.driver_resource: 0.01} if cfg.driver_resource else {})})
+        ray.tune.with_parameters(drive_trial, method=method), {"CPU": 0.01, **({cfg.driver_resource: 0.01} if cfg.driver_resource else {})})
     path = posixpath.join(storage, name)
     if ray.tune.Tuner.can_restore(path):
         print(f"restoring the sweep in {path} (its search space and settings are the saved ones)", flush=True)

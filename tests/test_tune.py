@@ -3,6 +3,7 @@ plot; and (slow) a real sweep on synthetic shards, interrupted and restored to c
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import os
 import signal
@@ -164,3 +165,30 @@ def test_sweep_is_interrupted_restored_and_summarized(ray_head, tmp_path, capsys
     assert load_checkpoint_state(best["checkpoint"])["step"] == best["step"]
     assert f"best checkpoint: {best['checkpoint']}" in out
     assert Image.open(sweep / "val_jf_vs_params.png").format == "PNG"
+
+
+@pytest.mark.slow
+def test_asha_stops_a_trial_on_val_jf_at_its_milestone(ray_head, tmp_path):
+    """Two trials, one at a time, with a scripted validation (through the sweep's `Method` record): trial_000
+    scores 0.9 at every checkpoint and runs to the end; trial_001 scores 0.1, is below the step-2 rung's cutoff
+    (the two trials' median) and ASHA stops it there. Every report carries val_jf (trials validate in the loop)."""
+    def scripted(task, cfg):
+        jf = 0.9 if cfg.name == "trial_000" else 0.1
+        return {"val_jf": jf, "val_j": jf, "val_f": jf}
+
+    write_ytvos(tmp_path / "yt", num_videos=2, num_frames=8, height=32, num_val=1, seed=5)
+    pack(str(tmp_path / "yt"), str(tmp_path / "shards"), layout="ytvos", split="train", shard_size="60KB")
+    write_davis(tmp_path / "davis", num_videos=1, num_frames=3, height=32, num_val=1, seed=5)
+    cfg = parse(SMTCSweepConfig, [
+        "--data", str(tmp_path / "shards"), "--val_data", str(tmp_path / "davis"), "--val_videos", "1",
+        "--storage_path", str(tmp_path / "sweeps"), "--name", "asha", "--num_samples", "2",
+        "--max_concurrent_trials", "1", "--steps", "4", "--checkpoint_every", "2", "--grace_steps", "2",
+        "--reduction_factor", "2", "--num_slots", "2", "--num_instance", "2", "--gap", "2", "--lr", "1e-4",
+        "--resolution", "32", "--batch_size", "1", "--num_workers", "1", "--clips_per_video", "2",
+        "--grad_iter", "0", "--num_frames", "2"])
+    results, best = run_sweep(dataclasses.replace(SMTC_METHOD, validate=scripted), cfg)
+    rows = {r["trial"]: r for r in csv.DictReader((tmp_path / "sweeps" / "asha" / "trials.csv").open())}
+    assert (rows["trial_000"]["status"], rows["trial_000"]["step"], rows["trial_000"]["val_jf"]) == ("done", "4", "0.9")
+    assert (rows["trial_001"]["status"], rows["trial_001"]["step"], rows["trial_001"]["val_jf"]) == (
+        "early-stopped", "2", "0.1")
+    assert best["trial"] == "trial_000"
