@@ -144,8 +144,8 @@ def max_concurrent(cfg: Any, resources: dict[str, float]) -> int:
 def make_tuner(method: Method, cfg: Any) -> ray.tune.Tuner:
     """A new sweep, or the interrupted one with the same name and storage (restored)."""
     storage, name = sweep_dir(cfg, method)
-    trainable = ray.tune.with_resources(
-        ray.tune.with_parameters(drive_trial, method=method), {"CPU": 0.01, **({cfg.driver_resource: 0.01} if cfg.driver_resource else {})})
+    trainable = ray.tune.with_resources(ray.tune.with_parameters(drive_trial, method=method),
+                                        {"CPU": 0.01, **({cfg.driver_resource: 0.01} if cfg.driver_resource else {})})
     path = posixpath.join(storage, name)
     if ray.tune.Tuner.can_restore(path):
         print(f"restoring the sweep in {path} (its search space and settings are the saved ones)", flush=True)
