@@ -1,5 +1,5 @@
-"""SMTC clip throughput of the Ray Data pipeline vs the earlier plan, the upstream-style loader and the decode
-ceiling; and how well the plan mixes videos and shards in a batch, for the upstream configurations.
+"""SMTC clip throughput of the Ray Data pipeline vs the upstream-style loader and the decode ceiling; and how well
+the plan mixes videos and shards in a batch, for the upstream configurations.
 
     pip install opencv-python-headless   # the baseline's decoder; the project itself does not need OpenCV
     python bench/data_throughput.py [--videos 32 --frames 24 --height 480 --warmup 8 --batches 100]
@@ -8,9 +8,8 @@ Throughput, measured in the same run on the same synthetic YouTube-VOS-layout fr
 `--shards` shards):
 - pipeline: clips/s out of `raytrain.data.pipeline` (shards -> Ray Data -> torch batches) at its defaults (one
   clip per video per visit, a 16-shard window);
-- today's plan: the plan this project had before (`TodayPlan` below: each rank reads one shard at a time and
-  cuts 4 clips of each of its videos; one data task per shard read), through the same decode code; the two
-  pipelines are measured alternately, `--repeats` times each, and their means compared;
+  (measured `--repeats` times, the mean compared; the plan before v2 was measured beside it by this script up
+  to commit 791a832, see docs/results.md);
 - baseline: a torch DataLoader over the JPEG folders reading the way upstream SMTC does (cv2.imread, BGR->RGB,
   /255 as float, cv2.resize to 256x256), the same clip sampling, as many worker processes as the pipeline
   has decode tasks (cores + 1);
@@ -20,7 +19,7 @@ All loaders are timed in their steady state: over `--batches` batches after `--w
 worker start-up and the filling of prefetch buffers fall outside the timed window.
 
 Mixing (planned only, no data read): the mean number of distinct videos and distinct shards in one worker's
-batch (what a per-worker loss sees), over 200 global batches, for the plan, today's plan and a uniform shuffle
+batch (what a per-worker loss sees), over 200 global batches, for the plan and a uniform shuffle
 over the round's video visits (upstream's DistributedSampler over its (Concat)Dataset, one clip per visit).
 The indexes are synthetic with the real sets' sizes: YouTube-VOS train 3471 videos of 20-36 frames (the
 annotated 6 fps frames), DAVIS-17 train 60 videos of 25-104 frames; 200 MB shards at about 120 kB per frame
@@ -40,7 +39,7 @@ import numpy as np
 import torch
 
 from raytrain.data import decode, plan, sampling
-from raytrain.data.plan import ClipSource, ClipSpec, Plan, StreamConfig, VideoEntry
+from raytrain.data.plan import ClipSource, Plan, StreamConfig, VideoEntry
 
 
 class UpstreamClips(torch.utils.data.Dataset):
@@ -99,84 +98,8 @@ def bench_ceiling(jpeg_root: Path, size: int, cores: int, seconds: float = 5.0) 
     return rate
 
 
-class TodayPlan:
-    """The plan before data plan v2, kept as the baseline: item j of the seeded shard orders of the concatenated
-    rounds goes to rank j % world_size, and a shard read cuts `clips_per_video` clips of each usable video, in
-    a seeded order."""
-
-    def __init__(self, source: ClipSource, cfg: StreamConfig):
-        self.source, self.cfg = source, cfg
-        self.counts = [plan.clips_in_shard(source, s, cfg) for s in range(len(source.shards))]
-
-    def items(self, count: int) -> list[tuple[int, int, int]]:
-        """(round, shard, first position) of this rank's shard reads holding its first `count` clips."""
-        cfg, items, j, position = self.cfg, [], 0, 0
-        for rnd in range(10**9):
-            for shard in np.random.default_rng([cfg.seed, rnd, 0x5A4D]).permutation(len(self.counts)):
-                if j % cfg.world_size == cfg.rank and self.counts[shard]:
-                    items.append((rnd, int(shard), position))
-                    position += self.counts[shard]
-                    if position >= count:
-                        return items
-                j += 1
-        raise AssertionError("unreachable")
-
-    def clips(self, rnd: int, shard: int, position: int) -> list[ClipSpec]:
-        cfg = self.cfg
-        entries = [v for v in self.source.videos[shard] if plan.usable(v, cfg)]
-        pairs = [(v, j) for v in entries for j in range(cfg.clips_per_video)]
-        order = np.random.default_rng([cfg.seed, rnd, shard, 0x0DE5]).permutation(len(pairs))
-        out = []
-        for k, i in enumerate(order):
-            entry, j = pairs[i]
-            rng = np.random.default_rng([cfg.seed, rnd, entry.ordinal, j])
-            idx = sampling.smtc_frames(len(entry.frames), cfg.num_frames, cfg.gap, rng)
-            out.append(ClipSpec(entry.video, shard, tuple(idx), tuple(entry.jpg[i] for i in idx),
-                                (None,) * len(idx), entry.ordinal, position + k, (position + k) // cfg.batch_size,
-                                int(rng.integers(2**62))))
-        return out
-
-
-def today_load(items: dict[str, np.ndarray], *, source, cfg: dict, block: int) -> Iterator[dict[str, np.ndarray]]:
-    """Today's data task: one shard read, decoded in chunks that end on batch boundaries."""
-    from raytrain.data import pipeline
-
-    src, scfg = pipeline._source(source), StreamConfig(**cfg)
-    cut = 1.1 * block / pipeline.clip_bytes(scfg)
-    for rnd, shard, position in zip(items["round"], items["shard"], items["position"]):
-        clips = TodayPlan(src, scfg).clips(int(rnd), int(shard), int(position))
-        members = pipeline.read_spans(src.url(int(shard)), [s for c in clips for s in c.jpg])
-        chunk = []
-        for c in clips:
-            chunk.append({"jpgs": [members[s] for s in c.jpg], "frame_idx": np.asarray(c.frame_idx), "video": c.video,
-                          "position": c.position, "step": c.step, "seed": c.seed, "video_ordinal": c.video_ordinal})
-            if len(chunk) >= cut and (c.position + 1) % scfg.batch_size == 0:
-                yield pipeline.decode_clips(chunk, scfg)
-                chunk = []
-        if chunk:
-            yield pipeline.decode_clips(chunk, scfg)
-
-
-def today_batches(source_ref, source: ClipSource, cfg: StreamConfig, count: int) -> Iterator[torch.Tensor]:
-    import ray
-    from dataclasses import asdict
-
-    from raytrain.data import pipeline
-
-    rows = [{"round": r, "shard": s, "position": p} for r, s, p in TodayPlan(source, cfg).items(count)]
-    block = pipeline.block_bytes(cfg)
-    ds = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
-        today_load, fn_kwargs={"source": source_ref, "cfg": asdict(cfg), "block": block}, batch_size=1,
-        batch_format="numpy")
-    ds.context.execution_options.preserve_order = True
-    ds.context.target_max_block_size = block
-    for batch in ds.iter_torch_batches(batch_size=cfg.batch_size, drop_last=True, prefetch_batches=2):
-        yield batch["frames"]
-
-
-def bench_pipelines(shards: str, batch: int, warmup: int, batches: int, size: int, repeats: int
-                    ) -> tuple[list[float], list[float]]:
-    """clips/s of the pipeline (plan v2 at its defaults) and of today's plan, measured alternately."""
+def bench_pipeline(shards: str, batch: int, warmup: int, batches: int, size: int, repeats: int) -> list[float]:
+    """clips/s of the pipeline (plan v2 at its defaults), `repeats` times."""
     import ray
 
     from raytrain.data.pipeline import clip_batches
@@ -186,15 +109,13 @@ def bench_pipelines(shards: str, batch: int, warmup: int, batches: int, size: in
     ref = ray.put(source)
     common = dict(sampler="gap", seed=0, rank=0, world_size=1, batch_size=batch, steps=warmup + batches + 1,
                   num_frames=4, size=size, gap=4)
-    new_cfg = StreamConfig(clips_per_video=1, shard_window=16, **common)
-    today_cfg = StreamConfig(clips_per_video=4, **common)
-    new, today = [], []
+    cfg = StreamConfig(clips_per_video=1, shard_window=16, **common)
+    rates = []
     for _ in range(repeats):
-        today.append(timed(today_batches(ref, source, today_cfg, (warmup + batches + 2) * batch), warmup, batches))
-        it = clip_batches(ref, new_cfg)
-        new.append(timed((b["frames"] for b in it), warmup, batches))
+        it = clip_batches(ref, cfg)
+        rates.append(timed((b["frames"] for b in it), warmup, batches))
         it.close()  # stops the Ray Data executor behind the endless stream
-    return new, today
+    return rates
 
 
 # ------------------------------------------------------------------------------------------------ mixing
@@ -239,42 +160,25 @@ def uniform_mixing(source: ClipSource, cfg: StreamConfig, steps: int) -> dict[st
     return {"videos": videos / n, "shards": shards / n}
 
 
-def today_mixing(source: ClipSource, cfg: StreamConfig, steps: int) -> dict[str, float]:
-    videos = shards = 0.0
-    for rank in range(cfg.world_size):
-        ranked = TodayPlan(source, StreamConfig(**{**cfg.__dict__, "rank": rank, "clips_per_video": 4}))
-        clips = [c for r, s, p in ranked.items(steps * cfg.batch_size) for c in ranked.clips(r, s, p)]
-        for s in range(steps):
-            batch = clips[s * cfg.batch_size:(s + 1) * cfg.batch_size]
-            videos += len({c.video_ordinal for c in batch})
-            shards += len({c.shard for c in batch})
-    n = steps * cfg.world_size
-    return {"videos": videos / n, "shards": shards / n}
-
-
 def mixing_table(steps: int = 200) -> list[str]:
     yt720 = synthetic_source("ytvos", 3471, (20, 36), 120_000, "ytvos", 1)
     yt480 = synthetic_source("ytvos480", 3471, (20, 36), 55_000, "ytvos", 1)
     davis = synthetic_source("davis17", 60, (25, 104), 90_000, "davis", 2, weight=5)
     stage3 = ClipSource.mix([davis, yt480])
-    flat = ClipSource.mix([synthetic_source("davis17", 60, (25, 104), 90_000, "davis", 2), yt480])
     configs = [
-        ("SMTC: YouTube-VOS train, 4 workers x 32", yt720, yt720,
+        ("SMTC: YouTube-VOS train, 4 workers x 32", yt720,
          StreamConfig(sampler="gap", seed=0, rank=0, world_size=4, batch_size=32, steps=10_000, clips_per_video=1,
                       num_frames=4, size=256)),
-        ("STMAE stage 3: DAVIS-17 x5 + YouTube-VOS 480p, 4 workers x 8", stage3, flat,
+        ("STMAE stage 3: DAVIS-17 x5 + YouTube-VOS 480p, 4 workers x 8", stage3,
          StreamConfig(sampler="max_skip", seed=0, rank=0, world_size=4, batch_size=8, steps=43_500, clips_per_video=1,
                       num_frames=8, size=384)),
     ]
     lines = [f"Distinct videos and shards per worker batch (mean over {steps} global batches x 4 workers; planned "
              f"only)\n", "| configuration | plan | distinct videos | / uniform | distinct shards | / uniform |",
              "|---|---|---:|---:|---:|---:|"]
-    for name, source, today_source, cfg in configs:
+    for name, source, cfg in configs:
         uniform = uniform_mixing(source, cfg, steps)
         rows = [("plan v2 (1 clip per visit, 16-shard window)", plan.batch_mixing(Plan(source, cfg), steps)),
-                ("today's plan (4 clips per video, one shard read per rank)" +
-                 (" on the sets packed together, DAVIS x1" if today_source is not source else ""),
-                 today_mixing(today_source, cfg, steps)),
                 ("uniform shuffle over video visits (upstream)", uniform)]
         shards = len(source.shards)
         for label, m in rows:
@@ -293,7 +197,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--warmup", type=int, default=8, help="batches before the timed window")
     p.add_argument("--batches", type=int, default=100, help="batches timed")
-    p.add_argument("--repeats", type=int, default=2, help="alternate measurements of each plan")
+    p.add_argument("--repeats", type=int, default=2, help="measurements of the pipeline")
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--workdir", default="", help="reuse data generated here (default: a temp folder)")
     a = p.parse_args()
@@ -328,17 +232,15 @@ def main() -> None:
     # last because Ray is left to shut down at exit: shutting it down while the stream's threads wind down
     # can end the process.
     init_ray(extra_cpus=1)
-    new, today = bench_pipelines(str(work / "shards"), a.batch, a.warmup, a.batches, a.size, a.repeats)
+    new = bench_pipeline(str(work / "shards"), a.batch, a.warmup, a.batches, a.size, a.repeats)
     pipeline = float(np.mean(new))
     print(f"\nSMTC clips/s ({a.size}x{a.size}, 4 frames, {a.height}p JPEGs, {a.videos} videos in {num_shards} "
-          f"shards, {cores} cores, {cores + 1} decode processes, batch {a.batch}; the pipelines: mean of {a.repeats} "
-          f"alternate runs)\n")
+          f"shards, {cores} cores, {cores + 1} decode processes, batch {a.batch}; the pipeline: mean of {a.repeats} "
+          f"runs)\n")
     print("| loader | clips/s | pipeline / this |")
     print("|---|---:|---:|")
     runs = lambda v: f" (runs: {', '.join(f'{x:.1f}' for x in v)})"  # noqa: E731
     for name, v in [("raytrain pipeline, plan v2 (1 clip per visit, 16-shard window)" + runs(new), pipeline),
-                    ("raytrain pipeline, today's plan (4 clips per video, one shard read at a time)" + runs(today),
-                     float(np.mean(today))),
                     ("upstream-style DataLoader (OpenCV)", baseline), ("ceiling: decode+resize x cores", ceiling)]:
         print(f"| {name} | {v:.1f} | {pipeline / v:.2f} |")
     print()
