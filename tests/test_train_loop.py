@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from ray.train import UserCallback
 
 from conftest import pack_synthetic
 from raytrain.cli.checks import check_resume
 from raytrain.config import SMTCConfig, STMAEConfig
 from raytrain.checkpoints import CKPT_PREFIX, STATE_FILE, load_checkpoint_state, remove_stale_checkpoint_folders
-from raytrain.train.loop import CLIP_LOG_ENV, FAILURE_ENV, fatal_error, fit
+from raytrain.train.loop import CLIP_LOG_ENV, FAILURE_ENV, fatal_error, fit, make_trainer
 from raytrain.methods import get
 from shards.errors import UsageError
 
@@ -38,6 +39,18 @@ def _losses(run_dir):
     acc = EventAccumulator(str(run_dir / "tensorboard"))
     acc.Reload()
     return {e.step: e.value for e in acc.Scalars("train/loss")}
+
+
+def _recorder(path: str) -> UserCallback:
+    """A Train callback appending every report the controller hears (what Tune's callback forwards) to `path`
+    as JSON lines. Defined in here so that it is pickled by value: the controller cannot import the tests."""
+
+    class Recorder(UserCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            with open(path, "a") as f:
+                f.write(json.dumps(metrics[0]) + "\n")
+
+    return Recorder()
 
 
 def _run_with_a_killed_worker(cfg, tmp_path, kill_at):
@@ -76,6 +89,13 @@ def test_run_resumes_after_a_killed_worker_and_on_resubmission(job, shards, tmp_
     more = fit(get(job), dataclasses.replace(cfg, steps=16))  # resubmitting the same run name resumes it
     state = load_checkpoint_state(more.checkpoint.path)
     assert state["step"] == 16 and state["starts"] == [0, 4, 12]
+    # Resubmitting a finished run trains nothing but still reports its last result (a restored Tune trial
+    # whose run had finished needs it).
+    reports = tmp_path / "reports.jsonl"
+    again = make_trainer(get(job), dataclasses.replace(cfg, steps=16), callbacks=[_recorder(str(reports))]).fit()
+    heard = [json.loads(line) for line in reports.read_text().splitlines()]
+    assert [(r["step"], r["loss"]) for r in heard] == [(16, state["curve"][-1]["loss"])]
+    assert load_checkpoint_state(again.checkpoint.path)["starts"] == [0, 4, 12]
     if job == "stmae":  # BatchNorm statistics: set once from the first batch, kept through both resumes
         states = [load_checkpoint_state(p) for p in (tmp_path / "runs" / f"{job}-ft").glob("checkpoint_*")
                   if (p / STATE_FILE).is_file()]

@@ -32,7 +32,8 @@ from raytrain.data.sources import load_source
 from raytrain.method import Method
 from raytrain.runtime import run_dir, run_location, take_fatal, write_fatal
 from raytrain.train.progress import progress_line
-from raytrain.train.validation import keep_mode, pending_metric, validate_start, validation_config
+from raytrain.train.validation import (keep_mode, merged_curve, pending_metric, validate_start,
+                                       validation_config)
 
 log = logging.getLogger("raytrain.train")
 
@@ -198,6 +199,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         step, starts, curve = int(state["step"]), list(state["starts"]), list(state.get("curve", []))
         if rank == 0:
             log.info("[%s] resuming %s from step %d (%s)", method.name, config["name"], step, where)
+    if step >= cfg.steps:
+        # Nothing left to train. Report where the run ended all the same: a Tune trial restored after its run
+        # finished (but before Tune heard of it) must still hand Tune its last result and metric.
+        last = merged_curve(curve, config["run"])[-1] if curve else {}
+        ray.train.report({**last, "step": step})
+        return
     starts.append(step)  # where each (re)start of the run began
 
     health = DataHealth.remote()
