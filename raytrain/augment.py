@@ -4,15 +4,18 @@ Per clip, with the same parameters for every frame of the clip:
 1. grayscale with p = 0.2;
 2. ColorJitter(brightness 0.4, contrast 0.4, saturation 0.4, hue 0.1) with p = 0.8, torchvision semantics
    (multiplicative brightness, blends with the per-frame grey mean / grey image, hue shift in HSV), the four
-   operations in one random order per call (kornia draws the order once per batch);
+   operations in a random order per clip;
 3. Gaussian blur with p = 0.5, kernel `blur_kernel_size(resolution)` (25 at 256^2), reflect padding,
    sigma ~ U(0.1, 2);
 4. ImageNet normalisation.
-Random parameters are drawn on the CPU from a caller-supplied `torch.Generator`, so views are reproducible.
+Random parameters are drawn on the CPU from a caller-supplied `torch.Generator` (`sample_clip_params`), so views
+are reproducible; with one generator per clip (`stack_params`), a clip's view does not depend on its batch.
 
 Deviations from upstream:
 - Blur sigma is drawn per clip from U(0.1, 2). Upstream draws it once per process (`random.uniform` when the
   kornia pipeline is built), so each GPU blurs every clip of the whole run with one fixed sigma.
+- The jitter order is drawn per clip; kornia draws it once per batch, which would tie a clip's view to its
+  batch mates.
 - ColorJitter follows torchvision's definitions; which kornia version upstream ran (its older ColorJitter used
   additive brightness) is not recorded.
 """
@@ -35,7 +38,7 @@ class ClipParams(NamedTuple):
     gray: Tensor  # B bool
     jitter: Tensor  # B bool
     factors: Tensor  # B x 4: brightness, contrast, saturation, hue
-    order: Tensor  # 4, permutation of the jitter operations
+    order: Tensor  # B x 4, per clip a permutation of the jitter operations
     blur: Tensor  # B bool
     sigma: Tensor  # B
 
@@ -50,7 +53,12 @@ def sample_clip_params(batch: int, generator: torch.Generator) -> ClipParams:
     low = torch.tensor([0.6, 0.6, 0.6, -0.1])  # ColorJitter(0.4, 0.4, 0.4, 0.1) ranges
     width = torch.tensor([0.8, 0.8, 0.8, 0.2])
     return ClipParams(gray=u[:, 0] < 0.2, jitter=u[:, 1] < 0.8, factors=low + width * u[:, 2:6],
-                      order=torch.randperm(4, generator=generator), blur=u[:, 6] < 0.5, sigma=0.1 + 1.9 * u[:, 7])
+                      order=torch.rand(batch, 4, generator=generator).argsort(1), blur=u[:, 6] < 0.5, sigma=0.1 + 1.9 * u[:, 7])
+
+
+def stack_params(params: list[ClipParams]) -> ClipParams:
+    """The parameters of several batches (e.g. one clip each, from a generator of its own) as one batch."""
+    return ClipParams(*(torch.cat(field) for field in zip(*params)))
 
 
 def rgb_to_grayscale(x: Tensor) -> Tensor:
@@ -140,8 +148,10 @@ def apply_clip_params(x: Tensor, params: ClipParams, kernel_size: int) -> Tensor
     x = _on(x, params.gray, lambda v, _: rgb_to_grayscale(v).expand_as(v))
 
     def jitter(v: Tensor, idx: Tensor) -> Tensor:
-        for op in params.order.tolist():
-            v = _JITTER[op](v, params.factors[idx, op])
+        order = params.order[idx]
+        for i in range(order.shape[1]):
+            for op, fn in enumerate(_JITTER):
+                v = _on(v, order[:, i] == op, lambda u, j: fn(u, params.factors[idx[j], op]))
         return v
 
     x = _on(x, params.jitter, jitter)
@@ -160,8 +170,7 @@ def normalize_uint8(frames: Tensor) -> Tensor:
     return normalize(frames.float() / 255)
 
 
-def augment_clips(frames: Tensor, generator: torch.Generator) -> Tensor:
-    """One augmented, normalised float32 view of uint8 clips B x T x 3 x H x W (parameters from `generator`)."""
+def augment_clips(frames: Tensor, params: ClipParams) -> Tensor:
+    """One augmented, normalised float32 view of uint8 clips B x T x 3 x H x W with `params` (one row per clip)."""
     x = frames.float() / 255.0
-    params = sample_clip_params(frames.shape[0], generator)
     return normalize(apply_clip_params(x, params, blur_kernel_size(frames.shape[-1])))

@@ -16,6 +16,7 @@ from torchvision.transforms.v2 import functional as TF
 import raytrain.train.smtc_task as smtc_task
 from raytrain import augment
 from raytrain.config import SMTCConfig
+from raytrain.losses.smtc import instance_loss
 from raytrain.models.vit import vit_small
 from raytrain.train.smtc_task import SMTCTask, encoder_lr_scale, learning_rate, param_groups
 
@@ -58,15 +59,15 @@ def test_augment_parameter_distribution():
     torch.testing.assert_close(lo, torch.tensor([0.6, 0.6, 0.6, -0.1]), atol=1e-3, rtol=0)
     torch.testing.assert_close(hi, torch.tensor([1.4, 1.4, 1.4, 0.1]), atol=1e-3, rtol=0)
     assert 0.1 <= p.sigma.min() and p.sigma.max() <= 2.0
-    assert sorted(p.order.tolist()) == [0, 1, 2, 3]
+    assert torch.equal(p.order.sort(1).values, torch.arange(4).expand(20000, -1))  # a permutation per clip
+    assert len({tuple(o) for o in p.order[:100].tolist()}) > 10
 
 
 def test_augment_clips_reproducible_and_same_on_all_frames():
     frame = _frames(1)
     clips = torch.cat([frame.expand(-1, 3, -1, -1, -1), frame.flip(-1).expand(-1, 3, -1, -1, -1)])  # 4 clips
-    a = augment.augment_clips(clips, torch.Generator().manual_seed(5))
-    b = augment.augment_clips(clips, torch.Generator().manual_seed(5))
-    c = augment.augment_clips(clips, torch.Generator().manual_seed(6))
+    a, b, c = (augment.augment_clips(clips, augment.sample_clip_params(4, torch.Generator().manual_seed(seed)))
+               for seed in (5, 5, 6))
     assert a.shape == (4, 3, 3, 64, 64) and a.dtype == torch.float32
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert torch.equal(a[:, 0], a[:, 1]) and torch.equal(a[:, 0], a[:, 2])  # one parameter set per clip
@@ -95,11 +96,9 @@ def dino_file(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(dino_file):
-    """A tiny task trained 6 steps on one batch with fixed step seeds (same views and noise every step)."""
+    """A tiny task trained 6 steps on one batch of the same two clips (same views and noise every step)."""
     task = SMTCTask(SMTCConfig(dino_path=str(dino_file), **TINY), torch.device("cpu"))
-    with pytest.MonkeyPatch.context() as mpatch:
-        mpatch.setattr(smtc_task, "step_seeds", lambda seed, rank, step: (11, 12))
-        history = [task.train_step({"frames": _frames()}, step) for step in range(6)]
+    history = [task.train_step({"frames": _frames(), "position": torch.tensor([5, 6])}, step) for step in range(6)]
     return task, history
 
 
@@ -228,3 +227,54 @@ def test_channels_last_frames_give_the_same_step():
     assert ours.keys() == theirs.keys()
     for k in ours:
         assert theirs[k] == pytest.approx(ours[k], rel=1e-4, abs=1e-6), k
+
+
+def test_each_clips_draws_are_keyed_by_its_position_alone():
+    """A clip's views, stochastic depth and slot noise depend on the seed and its position in the global stream,
+    not on its batch mates, their order, the step or the rank."""
+    task = SMTCTask(SMTCConfig(**TINY), torch.device("cpu"))
+    pair, alone, swapped = (task.clip_draws(p, 2) for p in ([3, 7], [7], [7, 3]))
+    for a, b, row in ((pair, alone, 1), (pair, swapped, 1)):
+        for params_a, params_b in zip(a[:2], b[:2]):
+            for x, y in zip(params_a, params_b):
+                assert torch.equal(x[row], y[1 - row if b is swapped else 0])
+        frames_a, frames_b = slice(2 * row, 2 * row + 2), slice(0, 2) if b is alone else slice(0, 2)
+        assert torch.equal(a[2].drop[frames_a], b[2].drop[frames_b])
+        assert torch.equal(a[2].noise[frames_a], b[2].noise[frames_b])
+        assert torch.equal(a[3].noise[frames_a], b[3].noise[frames_b])
+    other = SMTCTask(SMTCConfig(**dict(TINY, seed=1)), torch.device("cpu")).clip_draws([7], 2)
+    assert not torch.equal(other[2].noise, alone[2].noise) and not torch.equal(other[0].factors, alone[0].factors)
+    assert not torch.equal(pair[2].noise[:2], pair[2].noise[2:]) and not torch.equal(pair[2].noise, pair[3].noise)
+
+
+def test_only_the_instance_loss_normaliser_depends_on_the_per_worker_batch():
+    """Two clips in one batch against each clip alone, same weights: every clip's forward is the same; L_cons,
+    L_diff and the valid fraction are per-clip means; L_inst is the per-batch sum of terms over the per-batch
+    count of valid instances, so the pair's L_inst is the halves' weighted by their valid counts (upstream's
+    per-GPU normaliser: why 1 x 4 and 2 x 2 workers do not train alike)."""
+    task = SMTCTask(SMTCConfig(**dict(TINY, drop_path=0.5)), torch.device("cpu"))
+    frames, position = _frames(), torch.tensor([3, 7])
+    with torch.no_grad():
+        pair = task.compute_loss({"frames": frames, "position": position}, 0)
+        halves = [task.compute_loss({"frames": frames[i:i + 1], "position": position[i:i + 1]}, 0) for i in (0, 1)]
+        draws = task.clip_draws([3, 7], 2)
+        view = augment.augment_clips(frames, draws[0])
+        out = task.model(view, draws[2])
+        alone = task.model(view[1:], task.clip_draws([7], 2)[2])
+    for x, y in zip(out, alone):
+        torch.testing.assert_close(x[1:], y, rtol=1e-4, atol=1e-5)
+    for k in ("loss_cons", "loss_diff", "valid_frac"):
+        assert pair[k].item() == pytest.approx((halves[0][k] + halves[1][k]).item() / 2, rel=1e-5), k
+    # L_inst at valid instances (a random model has none): the pair's is its halves' weighted by their counts
+    with torch.no_grad():
+        out_t = task.teacher(augment.augment_clips(frames, draws[1]), draws[3])
+    share = torch.tensor([0.3, 0.7]).view(2, 1, 1, 1)
+    valid_s = torch.rand(2, 2, 4, 2, generator=torch.Generator().manual_seed(0)) < share
+    valid_t = torch.rand(2, 2, 4, 2, generator=torch.Generator().manual_seed(1)) < 0.5
+    whole = instance_loss(out.projected, out_t.projected, valid_s, valid_t).item()
+    parts = [instance_loss(out.projected[i:i + 1], out_t.projected[i:i + 1], valid_s[i:i + 1], valid_t[i:i + 1]).item()
+             for i in (0, 1)]
+    counts = valid_s.flatten(1).sum(1).tolist()
+    assert counts[0] != counts[1] and min(counts) > 0, counts
+    assert whole == pytest.approx(sum(p * c for p, c in zip(parts, counts)) / sum(counts), rel=1e-5)
+    assert whole != pytest.approx(sum(parts) / 2, rel=1e-3)

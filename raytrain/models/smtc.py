@@ -68,6 +68,19 @@ class Discovery(NamedTuple):
     w: int
 
 
+class Draws(NamedTuple):
+    """The random draws of one training forward of B clips of T frames, made by the caller (per clip)."""
+
+    drop: Tensor | None  # (B*T) x encoder.drop_draws stochastic-depth uniforms (`ViTEncoder.keys`)
+    noise: Tensor  # (B*T) x S x P x D standard normal: the instance slots' initialisation
+
+
+def _normal(mean: Tensor, std: Tensor, noise: Tensor) -> Tensor:
+    """mean + std * noise with the gradient of `torch.normal(mean, std)`: zero for both (its samples are not
+    reparameterised), while both stay in the graph (DDP expects every parameter to get a gradient)."""
+    return (mean + std * noise).detach() + 0 * (mean + std)
+
+
 class SlotAttention(nn.Module):
     """Two-stage slot attention shared by semantic and instance slots (no GRU; residual + MLP update).
 
@@ -101,8 +114,9 @@ class SlotAttention(nn.Module):
         score = semantic_logits if self.instance_mask == "logit" else semantic_logits.softmax(dim=1)
         return score > MASK_THRESHOLD
 
-    def forward(self, inputs: Tensor, iters: int | None = None) -> SlotOutput:
-        """inputs: b x N x D. Semantic slots start at mu; instance slots at N(mu_s, exp(sigma_s)).
+    def forward(self, inputs: Tensor, iters: int | None = None, noise: Tensor | None = None) -> SlotOutput:
+        """inputs: b x N x D. Semantic slots start at mu; instance slots at N(mu_s, exp(sigma_s)), from `noise`
+        (b x S x P x D standard normal) where given, else drawn from the global RNG.
 
         At iteration iters-2 slots become detach(slots) - detach(init) + init, so gradients flow only through
         the last iteration and straight to the initialisation.
@@ -124,7 +138,8 @@ class SlotAttention(nn.Module):
 
         mask = self.semantic_mask(semantic_logits).to(k.dtype).unsqueeze(2)  # b S 1 N
         shape = (b, -1, self.num_instances, -1)
-        init = torch.normal(self.slots_mu.expand(*shape), self.slots_sigma.exp().expand(*shape))
+        mu, std = self.slots_mu.expand(*shape), self.slots_sigma.exp().expand(*shape)
+        init = torch.normal(mu, std) if noise is None else _normal(mu, std, noise.to(mu.dtype))
         slots = init
         for t in range(iters):
             logits = torch.einsum("bspd,bnd->bspn", self.project_q(self.norm_slots(slots)), k) * self.scale
@@ -163,17 +178,19 @@ class SMTC(nn.Module):
         corr = torch.einsum("bdm,bdn->bmn", prev, flat)  # raw dot products, grid^2 x N
         return (flat + self.transport_proj(corr)).transpose(1, 2)
 
-    def _slots(self, frames: Tensor, iters: int | None = None) -> tuple[Tensor, SlotOutput, int, int]:
+    def _slots(self, frames: Tensor, iters: int | None = None, draws: Draws | None = None
+               ) -> tuple[Tensor, SlotOutput, int, int]:
         b, t = frames.shape[:2]
-        keys = self.encoder.keys(frames.flatten(0, 1))
+        keys = self.encoder.keys(frames.flatten(0, 1), None if draws is None else draws.drop)
         h, w = keys.shape[-2:]
         keys = keys.reshape(b, t, *keys.shape[1:])
-        return keys, self.slot_attention(self._correlate(keys), iters), h, w
+        return keys, self.slot_attention(self._correlate(keys), iters, None if draws is None else draws.noise), h, w
 
-    def forward(self, frames: Tensor) -> SMTCOutput:
-        """Training forward: semantic logits, raw keys, semantic/instance slots, projected instances."""
+    def forward(self, frames: Tensor, draws: Draws | None = None) -> SMTCOutput:
+        """Training forward: semantic logits, raw keys, semantic/instance slots, projected instances. `draws`:
+        the forward's random draws (None: from the global RNG)."""
         b, t = frames.shape[:2]
-        keys, out, _, _ = self._slots(frames)
+        keys, out, _, _ = self._slots(frames, draws=draws)
         projected = F.normalize(self.mlp_slot(out.instances), dim=-1)
 
         def split(x: Tensor) -> Tensor:

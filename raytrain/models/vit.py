@@ -3,6 +3,11 @@
 `ViTEncoder` keeps timm's (= DINO's) parameter names, so DINO and SMTC checkpoints load without renaming.
 At any input size the positional embedding is interpolated the way DINO's `interpolate_pos_encoding` does
 (bicubic, scale factor `(grid + 0.1) / sqrt(N)`), not with timm's resampling, so features match DINO's code.
+
+Stochastic depth: timm's `DropPath` draws each sample's keep/drop from the global RNG. `keys` (the training
+forward) takes `drop`, uniforms per sample and residual branch, instead, so that a caller can key them per sample
+(`raytrain.train.smtc_task`); a sample keeps a branch of drop rate p where its uniform is < 1 - p, scaled by
+1 / (1 - p) as timm does.
 """
 from __future__ import annotations
 
@@ -43,14 +48,34 @@ class ViTEncoder(VisionTransformer):
             raise ValueError(f"positional embedding interpolated to {tuple(grid.shape[-2:])}, expected {(h, w)}")
         return torch.cat([self.pos_embed[:, :1], grid.flatten(2).transpose(1, 2)], dim=1)
 
-    def _last_block_input(self, x: Tensor) -> tuple[Tensor, int, int]:
+    @property
+    def drop_draws(self) -> int:
+        """How many uniforms per sample `drop` holds: one per residual branch (two per block)."""
+        return 2 * len(self.blocks)
+
+    def _branch(self, module: torch.nn.Module, y: Tensor, u: Tensor | None) -> Tensor:
+        """Residual branch output y after stochastic depth (`module`: the block's DropPath or Identity)."""
+        p = getattr(module, "drop_prob", 0.0)
+        if u is None or not self.training or p == 0:
+            return module(y)
+        keep = 1 - p
+        return y * ((u < keep).to(y.dtype) / keep).view(-1, *([1] * (y.ndim - 1)))
+
+    def _block(self, i: int, x: Tensor, drop: Tensor | None) -> Tensor:
+        """Block i (timm's `Block.forward`), its stochastic depth decided by drop[:, 2i:2i+2] where given."""
+        blk = self.blocks[i]
+        u1, u2 = (None, None) if drop is None else (drop[:, 2 * i], drop[:, 2 * i + 1])
+        x = x + self._branch(blk.drop_path1, blk.ls1(blk.attn(blk.norm1(x))), u1)
+        return x + self._branch(blk.drop_path2, blk.ls2(blk.mlp(blk.norm2(x))), u2)
+
+    def _last_block_input(self, x: Tensor, drop: Tensor | None = None) -> tuple[Tensor, int, int]:
         x = self.patch_embed.proj(x)
         h, w = x.shape[-2:]
         x = self.patch_embed.norm(x.flatten(2).transpose(1, 2))
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed_for(h, w)
         x = self.norm_pre(self.patch_drop(self.pos_drop(x)))
-        for blk in self.blocks[:-1]:
-            x = blk(x)
+        for i in range(len(self.blocks) - 1):
+            x = self._block(i, x, drop)
         return x, h, w
 
     def _last_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -70,9 +95,10 @@ class ViTEncoder(VisionTransformer):
         """B x heads x N x head_dim -> B x N x (heads * head_dim), head-major as DINO concatenates."""
         return k.transpose(1, 2).flatten(2)
 
-    def keys(self, x: Tensor) -> Tensor:
-        """Last block's keys, B x D x h x w, without computing the rest of the last block."""
-        x, h, w = self._last_block_input(x)
+    def keys(self, x: Tensor, drop: Tensor | None = None) -> Tensor:
+        """Last block's keys, B x D x h x w, without computing the rest of the last block; `drop`: B x
+        `drop_draws` stochastic-depth uniforms (None: timm's draws)."""
+        x, h, w = self._last_block_input(x, drop)
         _, k, _ = self._last_qkv(x)
         return self._to_map(self._heads_to_tokens(k), h, w)
 

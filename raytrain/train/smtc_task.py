@@ -10,8 +10,12 @@ Per step, for uint8 clips B x T x 3 x H x W:
    warm-up, encoder lr x0 before `grad_iter` and x0.01 after; optional gradient clipping;
 5. EMA of the teacher (momentum `ema_momentum`), encoder excluded.
 
-All randomness of a step (views, drop-path, instance-slot initialisation) is drawn from seeds derived from
-(cfg.seed, rank, step), so a run resumed from `state_dict` repeats the steps it would have taken.
+Every random draw of a step is made per clip, from generators seeded by (cfg.seed, the clip's position in the
+global clip stream, `batch["position"]`) (`clip_draws`): its two views, its stochastic-depth keep/drop per frame
+and residual branch, and the initial instance slots of its frames, student's and teacher's. A clip is therefore
+trained on the same draws whichever worker, step and batch mates it gets, and a resumed run, on any number of
+workers, repeats them. No draw is left to the global RNG. What still depends on the per-worker batch is L_inst's
+normaliser (see `raytrain.losses.smtc.instance_loss` and docs/faithfulness.md), as upstream's does per GPU.
 DDP needs no `find_unused_parameters`: the only parameters the losses never reach (last ViT block after its
 keys, final norm) are frozen in `SMTC`.
 
@@ -21,7 +25,9 @@ Deviations from upstream:
   loop raises IndexError at step 9984; here steps past cfg.steps keep the final lr.
 - The teacher is saved in `state_dict` (upstream does not save it), so a resumed run continues the same EMA.
 - bf16 autocast on CUDA (upstream runs in float32) and no `set_detect_anomaly`.
-- Augmentation: see `raytrain.augment` (blur sigma drawn per clip).
+- Augmentation: see `raytrain.augment` (blur sigma and jitter order drawn per clip).
+- Random draws keyed per clip (above), not from the global RNG of each GPU; the instance-slot initialisation
+  has torch.normal's (zero) gradient (`raytrain.models.smtc._normal`).
 """
 from __future__ import annotations
 
@@ -34,11 +40,12 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from raytrain.augment import augment_clips
+from raytrain.augment import ClipParams, augment_clips, sample_clip_params, stack_params
 from raytrain.config import SMTCConfig, scaled_lr
 from raytrain.losses.smtc import (RELAXED_TAU, STRICT_TAU, instance_loss, semantic_consistency,
                                   slot_diversity, valid_instances)
-from raytrain.models.smtc import SMTC, SMTCOutput, ema_update, make_teacher
+from raytrain.models.smtc import SMTC, Draws, SMTCOutput, ema_update, make_teacher
+from raytrain.models.vit import DIM
 from raytrain.models.weights import load_vit_weights
 
 
@@ -67,10 +74,19 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     return [{"params": g, "weight_decay": 0.0 if i % 2 else weight_decay} for i, g in enumerate(groups)]
 
 
-def step_seeds(seed: int, rank: int, step: int) -> tuple[int, int]:
-    """(augmentation seed, torch RNG seed) determined by (seed, rank, step)."""
-    aug, rng = np.random.SeedSequence([seed, rank, step]).generate_state(2)
-    return int(aug), int(rng)
+def clip_seeds(seed: int, position: int) -> tuple[int, int]:
+    """(CPU generator seed, device generator seed) of the clip at `position` in the global clip stream."""
+    cpu, device = np.random.SeedSequence([seed, position]).generate_state(2)
+    return int(cpu), int(device)
+
+
+def positions(batch: dict[str, Tensor], step: int) -> list[int]:
+    """The clips' positions in the global stream: `batch["position"]` (the training loop's batches); a batch
+    without them (benchmarks) is taken for step `step` of one worker: step * B .. step * B + B - 1."""
+    if "position" in batch:
+        return batch["position"].tolist()
+    b = batch["frames"].shape[0]
+    return list(range(step * b, step * b + b))
 
 
 class SMTCTask:
@@ -79,7 +95,6 @@ class SMTCTask:
     def __init__(self, cfg: SMTCConfig, device: torch.device) -> None:
         self.cfg, self.device = cfg, torch.device(device)
         initialised = dist.is_available() and dist.is_initialized()
-        self.rank = dist.get_rank() if initialised else 0
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             model = SMTC(cfg.num_slots, cfg.num_instance, cfg.num_iterations, cfg.resolution, cfg.drop_path,
@@ -95,8 +110,6 @@ class SMTCTask:
         self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=scaled_lr(cfg))
         self.tau = STRICT_TAU if cfg.strict_filter else RELAXED_TAU
         self.amp = self.device.type == "cuda"  # bf16 autocast of the forward passes (tests set it on the CPU too)
-        self._rng_devices = [] if self.device.type != "cuda" else [
-            self.device.index if self.device.index is not None else torch.cuda.current_device()]
 
     def _check(self, frames: Tensor) -> None:
         t, size = self.cfg.num_frames, self.cfg.resolution
@@ -117,31 +130,51 @@ class SMTCTask:
         }
         return {"loss": sum(terms.values()), **terms, "valid_frac": valid_s.mean()}
 
+    def clip_draws(self, clips: list[int], num_frames: int) -> tuple[ClipParams, ClipParams, Draws, Draws]:
+        """The draws of the clips at positions `clips`: student and teacher view parameters, student and teacher
+        forward draws (the teacher runs in eval mode: no stochastic depth). Each clip's come from generators of
+        its own (`clip_seeds`): the views and stochastic depth from a CPU one, the slot noise from one on the
+        task's device."""
+        shape = (2, num_frames, self.cfg.num_slots, self.cfg.num_instance, DIM)
+        views_s, views_t, drops, noises = [], [], [], []
+        for position in clips:
+            cpu_seed, device_seed = clip_seeds(self.cfg.seed, position)
+            generator = torch.Generator().manual_seed(cpu_seed)
+            views_s.append(sample_clip_params(1, generator))
+            views_t.append(sample_clip_params(1, generator))
+            drops.append(torch.rand(num_frames, self.model.encoder.drop_draws, generator=generator))
+            on_device = torch.Generator(self.device).manual_seed(device_seed)
+            noises.append(torch.randn(shape, generator=on_device, device=self.device))
+        noise = torch.stack(noises, 1).flatten(1, 2)  # 2 x (B*T) x S x P x D
+        return (stack_params(views_s), stack_params(views_t), Draws(torch.cat(drops).to(self.device), noise[0]),
+                Draws(None, noise[1]))
+
+    def compute_loss(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
+        """Both forward passes on `batch` and `losses`, with the student's graph (the global RNG untouched)."""
+        frames = batch["frames"]
+        self._check(frames)
+        params_s, params_t, draws_s, draws_t = self.clip_draws(positions(batch, step), frames.shape[1])
+        view_s, view_t = augment_clips(frames, params_s), augment_clips(frames, params_t)
+        self.net.train()
+        self.teacher.eval()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            out_s = self.net(view_s, draws_s)
+            with torch.no_grad():
+                out_t = self.teacher(view_t, draws_t)
+        return self.losses(out_s, out_t)
+
     def start(self, batch: dict[str, Tensor]) -> None:
         """Nothing to set up from data."""
 
     def train_step(self, batch: dict[str, Tensor], step: int) -> dict[str, float]:
-        frames = batch["frames"]
-        self._check(frames)
         lr = learning_rate(step, scaled_lr(self.cfg), self.cfg.steps)
         encoder_scale = encoder_lr_scale(step, self.cfg.grad_iter)
         for i, group in enumerate(self.optimizer.param_groups):
             group["lr"] = lr * (encoder_scale if i < 2 else 1.0)
 
-        aug_seed, rng_seed = step_seeds(self.cfg.seed, self.rank, step)
-        generator = torch.Generator().manual_seed(aug_seed)
-        view_s, view_t = augment_clips(frames, generator), augment_clips(frames, generator)
-        self.net.train()
-        self.teacher.eval()
-        with torch.random.fork_rng(devices=self._rng_devices):
-            torch.manual_seed(rng_seed)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                out_s = self.net(view_s)
-                with torch.no_grad():
-                    out_t = self.teacher(view_t)
-            metrics = self.losses(out_s, out_t)
-            self.optimizer.zero_grad(set_to_none=True)
-            metrics["loss"].backward()
+        metrics = self.compute_loss(batch, step)
+        self.optimizer.zero_grad(set_to_none=True)
+        metrics["loss"].backward()
         if self.cfg.grad_clip > 0:
             nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
                                      self.cfg.grad_clip)
