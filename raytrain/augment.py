@@ -52,8 +52,9 @@ def sample_clip_params(batch: int, generator: torch.Generator) -> ClipParams:
     u = torch.rand(batch, 8, generator=generator)
     low = torch.tensor([0.6, 0.6, 0.6, -0.1])  # ColorJitter(0.4, 0.4, 0.4, 0.1) ranges
     width = torch.tensor([0.8, 0.8, 0.8, 0.2])
-    return ClipParams(gray=u[:, 0] < 0.2, jitter=u[:, 1] < 0.8, factors=low + width * u[:, 2:6],
-                      order=torch.rand(batch, 4, generator=generator).argsort(1), blur=u[:, 6] < 0.5, sigma=0.1 + 1.9 * u[:, 7])
+    order = torch.rand(batch, 4, generator=generator).argsort(1)
+    return ClipParams(gray=u[:, 0] < 0.2, jitter=u[:, 1] < 0.8, factors=low + width * u[:, 2:6], order=order,
+                      blur=u[:, 6] < 0.5, sigma=0.1 + 1.9 * u[:, 7])
 
 
 def stack_params(params: list[ClipParams]) -> ClipParams:

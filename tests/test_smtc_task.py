@@ -13,7 +13,6 @@ import torch
 import torch.multiprocessing as mp
 from torchvision.transforms.v2 import functional as TF
 
-import raytrain.train.smtc_task as smtc_task
 from raytrain import augment
 from raytrain.config import SMTCConfig
 from raytrain.losses.smtc import instance_loss
