@@ -4,18 +4,18 @@ Per clip, with the same parameters for every frame of the clip:
 1. grayscale with p = 0.2;
 2. ColorJitter(brightness 0.4, contrast 0.4, saturation 0.4, hue 0.1) with p = 0.8, torchvision semantics
    (multiplicative brightness, blends with the per-frame grey mean / grey image, hue shift in HSV), the four
-   operations in a random order per clip;
+   operations in a random order: one per view of the batch as kornia draws it (SMTC's default), or one per clip
+   (`--jitter_order clip`);
 3. Gaussian blur with p = 0.5, kernel `blur_kernel_size(resolution)` (25 at 256^2), reflect padding,
    sigma ~ U(0.1, 2);
 4. ImageNet normalisation.
 Random parameters are drawn on the CPU from a caller-supplied `torch.Generator` (`sample_clip_params`), so views
-are reproducible; with one generator per clip (`stack_params`), a clip's view does not depend on its batch.
+are reproducible; with one generator per clip (`stack_params`) and the order per clip, a clip's view does not
+depend on its batch.
 
 Deviations from upstream:
 - Blur sigma is drawn per clip from U(0.1, 2). Upstream draws it once per process (`random.uniform` when the
   kornia pipeline is built), so each GPU blurs every clip of the whole run with one fixed sigma.
-- The jitter order is drawn per clip; kornia draws it once per batch, which would tie a clip's view to its
-  batch mates.
 - ColorJitter follows torchvision's definitions; which kornia version upstream ran (its older ColorJitter used
   additive brightness) is not recorded.
 """

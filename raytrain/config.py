@@ -142,6 +142,9 @@ class SMTCConfig(RunConfig):
     ema_momentum: float = flag(0.999, "teacher EMA momentum (encoder excluded)", check=FRACTION)
     dino_path: str = flag("", "DINO ViT-S/16 weights (.pth); empty: random init (tests, synthetic runs)")
     drop_path: float = flag(0.1, "ViT stochastic depth in the student", check=(lambda v: 0 <= v < 1, "in [0, 1)"))
+    jitter_order: str = flag("batch", "order of the colour-jitter operations: batch (upstream's kornia: one order "
+                                      "per view of each worker's batch) | clip (one per clip: a clip's views do "
+                                      "not depend on its batch mates)", choices=("batch", "clip"))
 
 
 @dataclass

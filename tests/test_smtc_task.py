@@ -230,8 +230,8 @@ def test_channels_last_frames_give_the_same_step():
 
 def test_each_clips_draws_are_keyed_by_its_position_alone():
     """A clip's views, stochastic depth and slot noise depend on the seed and its position in the global stream,
-    not on its batch mates, their order, the step or the rank."""
-    task = SMTCTask(SMTCConfig(**TINY), torch.device("cpu"))
+    not on its batch mates, their order, the step or the rank (`--jitter_order clip`)."""
+    task = SMTCTask(SMTCConfig(**dict(TINY, jitter_order="clip")), torch.device("cpu"))
     pair, alone, swapped = (task.clip_draws(p, 2) for p in ([3, 7], [7], [7, 3]))
     for a, b, row in ((pair, alone, 1), (pair, swapped, 1)):
         for params_a, params_b in zip(a[:2], b[:2]):
@@ -241,9 +241,28 @@ def test_each_clips_draws_are_keyed_by_its_position_alone():
         assert torch.equal(a[2].drop[frames_a], b[2].drop[frames_b])
         assert torch.equal(a[2].noise[frames_a], b[2].noise[frames_b])
         assert torch.equal(a[3].noise[frames_a], b[3].noise[frames_b])
-    other = SMTCTask(SMTCConfig(**dict(TINY, seed=1)), torch.device("cpu")).clip_draws([7], 2)
+    other = SMTCTask(SMTCConfig(**dict(TINY, seed=1, jitter_order="clip")), torch.device("cpu")).clip_draws([7], 2)
     assert not torch.equal(other[2].noise, alone[2].noise) and not torch.equal(other[0].factors, alone[0].factors)
     assert not torch.equal(pair[2].noise[:2], pair[2].noise[2:]) and not torch.equal(pair[2].noise, pair[3].noise)
+
+
+def test_the_default_jitter_order_is_one_per_view_of_the_batch_keyed_by_its_first_clip():
+    """Upstream's kornia draws the order of the jitter operations once per call, i.e. per view of the batch:
+    the default keeps that, keyed by the batch's first clip; every other draw stays the clip's own."""
+    task = SMTCTask(SMTCConfig(**TINY), torch.device("cpu"))
+    per_clip = SMTCTask(SMTCConfig(**dict(TINY, jitter_order="clip")), torch.device("cpu"))
+    orders = {}
+    for first in range(12):
+        draws = task.clip_draws([first, 40, 41], 2)
+        for view in draws[:2]:
+            assert torch.equal(view.order, view.order[:1].expand(3, 4))
+        assert torch.equal(draws[0].order, task.clip_draws([first, 50], 2)[0].order[:1].expand(3, 4))
+        orders[first] = (tuple(draws[0].order[0].tolist()), tuple(draws[1].order[0].tolist()))
+        ref = per_clip.clip_draws([first, 40, 41], 2)
+        for view, ref_view in zip(draws[:2], ref[:2]):
+            assert all(torch.equal(x, y) for x, y in zip(view[:3] + view[4:], ref_view[:3] + ref_view[4:]))
+        assert torch.equal(draws[2].noise, ref[2].noise) and torch.equal(draws[2].drop, ref[2].drop)
+    assert len(set(orders.values())) > 1 and any(s != t for s, t in orders.values())
 
 
 def test_only_the_instance_loss_normaliser_depends_on_the_per_worker_batch():
@@ -251,7 +270,7 @@ def test_only_the_instance_loss_normaliser_depends_on_the_per_worker_batch():
     L_diff and the valid fraction are per-clip means; L_inst is the per-batch sum of terms over the per-batch
     count of valid instances, so the pair's L_inst is the halves' weighted by their valid counts (upstream's
     per-GPU normaliser: why 1 x 4 and 2 x 2 workers do not train alike)."""
-    task = SMTCTask(SMTCConfig(**dict(TINY, drop_path=0.5)), torch.device("cpu"))
+    task = SMTCTask(SMTCConfig(**dict(TINY, drop_path=0.5, jitter_order="clip")), torch.device("cpu"))
     frames, position = _frames(), torch.tensor([3, 7])
     with torch.no_grad():
         pair = task.compute_loss({"frames": frames, "position": position}, 0)

@@ -169,18 +169,23 @@ def test_stmae_trains_the_same_on_one_worker_and_on_two(shards, tmp_path):
     BatchNorm statistics calibrated on the whole first global batch, and DDP's mean of the two halves'
     gradients is the whole batch's: the same loss at every step, to float summation order. `--similarity l2`
     (the synthetic run's): with random weights, dot-product attention is near uniform and the references
-    hardly change the loss."""
+    hardly change the loss. A run of 2 workers stopped at its step-2 checkpoint and resumed on 1 worker trains
+    the same too."""
     cfg = STMAEConfig(data=[str(shards / "davis_shards")], storage_path=str(tmp_path / "runs"), crop=64,
                       num_frames=6, num_ref_frames=2, max_skip=[2], max_skip_at=[0.0], global_batch_size=4,
-                      steps=3, checkpoint_every=3, log_every=1, max_failures=0, clips_per_video=2,
+                      steps=4, checkpoint_every=2, log_every=1, max_failures=0, clips_per_video=2,
                       similarity="l2", lr=1e-3)
-    for name, workers in (("one", 1), ("two", 2)):
-        fit(get("stmae"), dataclasses.replace(cfg, name=name, num_workers=workers))
-    one, two = _losses(tmp_path / "runs" / "one"), _losses(tmp_path / "runs" / "two")
-    assert sorted(one) == sorted(two) == [1, 2, 3]
-    assert len(set(one.values())) == 3  # it trains: a different loss at each step
+    for name, workers, steps in (("one", 1, 4), ("two", 2, 4), ("moved", 2, 2), ("moved", 1, 4)):
+        fit(get("stmae"), dataclasses.replace(cfg, name=name, num_workers=workers, steps=steps))
+    one, two, moved = (_losses(tmp_path / "runs" / name) for name in ("one", "two", "moved"))
+    assert sorted(one) == sorted(two) == sorted(moved) == [1, 2, 3, 4]
+    assert len(set(one.values())) == 4  # it trains: a different loss at each step
     for step in one:
         assert two[step] == pytest.approx(one[step], rel=1e-6), (step, one, two)  # seen: <= 1e-7
+        assert moved[step] == pytest.approx(two[step], rel=1e-6), (step, two, moved)
+    states = [load_checkpoint_state(p) for p in (tmp_path / "runs" / "moved").glob("checkpoint_*")
+              if (p / STATE_FILE).is_file()]
+    assert max(states, key=lambda s: s["step"])["starts"] == [0, 2]  # it did resume at step 2, on 1 worker
 
 
 def _scalars(run_dir, tag):
@@ -192,13 +197,14 @@ def _scalars(run_dir, tag):
 
 
 def test_smtc_clips_get_the_same_draws_on_one_worker_and_on_two(shards, tmp_path):
-    """1 worker x 4 clips and 2 workers x 2 clips, first step (same weights, same clips): each clip's views,
-    stochastic depth and slot noise are keyed by its position in the global stream, so the per-clip terms
+    """1 worker x 4 clips and 2 workers x 2 clips, first step (same weights, same clips): with `--jitter_order
+    clip`, each clip's views, stochastic depth and slot noise are keyed by its position in the global stream, so
+    the per-clip terms
     (L_cons, L_diff, the valid fraction: means over clips) agree to float summation order. L_inst's normaliser
     is per worker (upstream's, per GPU), so from there on the two runs differ by design (docs/faithfulness.md)."""
     cfg = SMTCConfig(data=[str(shards / "yt_shards")], storage_path=str(tmp_path / "runs"), resolution=32,
                      num_slots=2, num_instance=2, global_batch_size=4, grad_iter=0, steps=1, checkpoint_every=1,
-                     log_every=1, max_failures=0, drop_path=0.5)
+                     log_every=1, max_failures=0, drop_path=0.5, jitter_order="clip")
     for name, workers in (("one", 1), ("two", 2)):
         fit(get("smtc"), dataclasses.replace(cfg, name=name, num_workers=workers))
     for tag in ("loss_cons", "loss_diff", "valid_frac"):

@@ -10,11 +10,13 @@ Per step, for uint8 clips B x T x 3 x H x W:
    warm-up, encoder lr x0 before `grad_iter` and x0.01 after; optional gradient clipping;
 5. EMA of the teacher (momentum `ema_momentum`), encoder excluded.
 
-Every random draw of a step is made per clip, from generators seeded by (cfg.seed, the clip's position in the
+Every per-clip random draw of a step is made from generators seeded by (cfg.seed, the clip's position in the
 global clip stream, `batch["position"]`) (`clip_draws`): its two views, its stochastic-depth keep/drop per frame
-and residual branch, and the initial instance slots of its frames, student's and teacher's. A clip is therefore
-trained on the same draws whichever worker, step and batch mates it gets, and a resumed run, on any number of
-workers, repeats them. No draw is left to the global RNG. What still depends on the per-worker batch is L_inst's
+and residual branch, and the initial instance slots of its frames, student's and teacher's. The one draw upstream
+makes per batch, the order of the colour-jitter operations of each view, is keyed by the batch's first clip
+(`--jitter_order batch`, the default) or made per clip too (`--jitter_order clip`). With `clip`, a clip is
+trained on the same draws whichever worker, step and batch mates it gets; with either, a resumed run repeats
+them. No draw is left to the global RNG. What still depends on the per-worker batch is L_inst's
 normaliser (see `raytrain.losses.smtc.instance_loss` and docs/faithfulness.md), as upstream's does per GPU.
 DDP needs no `find_unused_parameters`: the only parameters the losses never reach (last ViT block after its
 keys, final norm) are frozen in `SMTC`.
@@ -25,7 +27,7 @@ Deviations from upstream:
   loop raises IndexError at step 9984; here steps past cfg.steps keep the final lr.
 - The teacher is saved in `state_dict` (upstream does not save it), so a resumed run continues the same EMA.
 - bf16 autocast on CUDA (upstream runs in float32) and no `set_detect_anomaly`.
-- Augmentation: see `raytrain.augment` (blur sigma and jitter order drawn per clip).
+- Augmentation: see `raytrain.augment` (blur sigma drawn per clip).
 - Random draws keyed per clip (above), not from the global RNG of each GPU; the instance-slot initialisation
   has torch.normal's (zero) gradient (`raytrain.models.smtc._normal`).
 """
@@ -78,6 +80,11 @@ def clip_seeds(seed: int, position: int) -> tuple[int, int]:
     """(CPU generator seed, device generator seed) of the clip at `position` in the global clip stream."""
     cpu, device = np.random.SeedSequence([seed, position]).generate_state(2)
     return int(cpu), int(device)
+
+
+def batch_seed(seed: int, first: int) -> int:
+    """The seed of the draws made once per batch (`--jitter_order batch`): the batch's first clip position."""
+    return int(np.random.SeedSequence([seed, first, 1]).generate_state(1)[0])
 
 
 def positions(batch: dict[str, Tensor], step: int) -> list[int]:
@@ -146,8 +153,12 @@ class SMTCTask:
             on_device = torch.Generator(self.device).manual_seed(device_seed)
             noises.append(torch.randn(shape, generator=on_device, device=self.device))
         noise = torch.stack(noises, 1).flatten(1, 2)  # 2 x (B*T) x S x P x D
-        return (stack_params(views_s), stack_params(views_t), Draws(torch.cat(drops).to(self.device), noise[0]),
-                Draws(None, noise[1]))
+        params_s, params_t = stack_params(views_s), stack_params(views_t)
+        if self.cfg.jitter_order == "batch":  # upstream: one order per view of the batch, keyed by its first clip
+            generator = torch.Generator().manual_seed(batch_seed(self.cfg.seed, clips[0]))
+            params_s, params_t = (p._replace(order=torch.randperm(4, generator=generator).expand(len(clips), 4))
+                                  for p in (params_s, params_t))
+        return params_s, params_t, Draws(torch.cat(drops).to(self.device), noise[0]), Draws(None, noise[1])
 
     def compute_loss(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
         """Both forward passes on `batch` and `losses`, with the student's graph (the global RNG untouched)."""
