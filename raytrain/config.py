@@ -97,6 +97,8 @@ class RunConfig:
                                  "every worker waits")
     val_cpus: float = flag(1.0, "CPUs reserved by the validation task (--val_async)", check=POSITIVE)
     val_use_gpu: bool = flag(False, "one GPU for the validation task (--val_async)")
+    val_tasks: int = flag(1, "Ray tasks each validation is split over, each scoring a share of the videos with "
+                             "--val_cpus CPUs (and a GPU with --val_use_gpu) (--val_async)", check=at_least(1))
     val_timeout_s: float = flag(0.0, "seconds a validation may take before it is cancelled and reported as timed "
                                      "out (0: no limit); training goes on either way", check=at_least(0))
     keep_metric: str = flag("val_jf", "reported metric that picks the checkpoints kept: the --num_to_keep best "
@@ -489,8 +491,8 @@ def check_flags(cfg: Any) -> None:
 # The worker count and per-worker batch may change too, as long as the global batch does (`config_changes`).
 RESUME_FREE = frozenset({"name", "storage_path", "use_gpu", "cpus_per_worker", "checkpoint_every", "log_every",
                          "max_failures", "decode_workers", "decode", "val_data", "val_videos", "verbose",
-                         "val_async", "val_cpus", "val_use_gpu", "val_timeout_s", "keep_metric", "num_to_keep",
-                         "allow_config_change", "steps", "dino_path", "resnet50_path", "resnet18_path",
+                         "val_async", "val_cpus", "val_use_gpu", "val_tasks", "val_timeout_s", "keep_metric",
+                         "num_to_keep", "allow_config_change", "steps", "dino_path", "resnet50_path", "resnet18_path",
                          "num_workers", "min_workers", "batch_size", "global_batch_size"})
 BATCH_FLAGS = ("batch_size", "num_workers", "global_batch_size")
 

@@ -24,13 +24,19 @@ class Method:
     synthetic: tuple[str, str]  # (layout, split) of the synthetic set the default run trains on
     loss_terms: tuple[str, ...]  # the loss parts and diagnostics every report holds besides "loss"
     val_metrics: tuple[str, ...]  # what `validate` returns (with --val_data)
-    validate: Callable[[Any, Any], dict[str, float]]  # (task, cfg) -> metrics, on the task's device
+    # (task, cfg, (i, n)) -> the scores of the i-th of n shares of the val videos, on the task's device
+    val_scores: Callable[[Any, Any, tuple[int, int]], Any]
+    val_join: Callable[[list[Any]], dict[str, float]]  # the shares' scores, in share order -> metrics
     check_weights: Callable[[Any], None]  # cfg -> None; raises a UserError naming the weights flag
     advice: Callable[[Any], list[str]]  # cfg -> warnings: what about the run is likely not what the user meant
     eval_model: Callable[[Any], Any]  # evaluation config -> `raytrain.eval.models.ModelSpec`
     small: dict[str, Any] = field(default_factory=dict)  # the default run's overrides (no --data)
     small_sweep: dict[str, Any] = field(default_factory=dict)
     small_eval: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self, task: Any, cfg: Any) -> dict[str, float]:
+        """The validation metrics of `task.model` on all of `cfg`'s val videos (one share)."""
+        return self.val_join([self.val_scores(task, cfg, (0, 1))])
 
     @property
     def searched(self) -> tuple[str, ...]:

@@ -172,7 +172,7 @@ def test_asha_stops_a_trial_on_val_jf_at_its_milestone(ray_head, tmp_path):
     """Two trials, one at a time, with a scripted validation (through the sweep's `Method` record): trial_000
     scores 0.9 at every checkpoint and runs to the end; trial_001 scores 0.1, is below the step-2 rung's cutoff
     (the two trials' median) and ASHA stops it there. Every report carries val_jf (trials validate in the loop)."""
-    def scripted(task, cfg):
+    def scripted(task, cfg, share):
         jf = 0.9 if cfg.name == "trial_000" else 0.1
         return {"val_jf": jf, "val_j": jf, "val_f": jf}
 
@@ -186,7 +186,7 @@ def test_asha_stops_a_trial_on_val_jf_at_its_milestone(ray_head, tmp_path):
         "--reduction_factor", "2", "--num_slots", "2", "--num_instance", "2", "--gap", "2", "--lr", "1e-4",
         "--resolution", "32", "--batch_size", "1", "--num_workers", "1", "--clips_per_video", "2",
         "--grad_iter", "0", "--num_frames", "2"])
-    results, best = run_sweep(dataclasses.replace(SMTC_METHOD, validate=scripted), cfg)
+    results, best = run_sweep(dataclasses.replace(SMTC_METHOD, val_scores=scripted, val_join=lambda parts: parts[0]), cfg)
     rows = {r["trial"]: r for r in csv.DictReader((tmp_path / "sweeps" / "asha" / "trials.csv").open())}
     assert (rows["trial_000"]["status"], rows["trial_000"]["step"], rows["trial_000"]["val_jf"]) == ("done", "4", "0.9")
     assert (rows["trial_001"]["status"], rows["trial_001"]["step"], rows["trial_001"]["val_jf"]) == (

@@ -15,7 +15,7 @@ import davis_reference as ref
 import raytrain.eval.validate as validate_module
 from raytrain.eval import discovery
 from raytrain.config import SMTCConfig, STMAEConfig
-from raytrain.eval.validate import validate_smtc, validate_stmae
+from raytrain.methods import get
 from raytrain.train.smtc_task import SMTCTask
 from raytrain.train.stmae_task import STMAETask
 
@@ -62,7 +62,7 @@ def test_smtc_validation(synth_davis, monkeypatch):
     propagated, discovered = _record(monkeypatch, "propagation_video"), _record(monkeypatch, "discover_video")
     # A random SMTC keeps no candidate at cos >= 0.5 and discovers nothing; accept them all to score something.
     monkeypatch.setattr(discovery, "SIMILARITY_THRESHOLD", -1.0)
-    metrics = validate_smtc(task, cfg)
+    metrics = get("smtc").validate(task, cfg)
     _check(metrics, ("val", "val_disc"))  # propagation and discovery
     assert task.model.training and task.model.encoder.training
     seq = _first_val_video(synth_davis)
@@ -76,7 +76,7 @@ def test_smtc_validation(synth_davis, monkeypatch):
     assert 0 < expected["val_j"] < 1 and 0 < expected["val_disc_j"] < 1
     assert metrics == pytest.approx(expected, rel=0, abs=1e-12)
     task.model.eval()
-    validate_smtc(task, cfg)
+    get("smtc").validate(task, cfg)
     assert not task.model.training
 
 
@@ -85,7 +85,7 @@ def test_stmae_validation(synth_davis, monkeypatch):
     task = STMAETask(cfg, "cpu")
     before = {k: v.clone() for k, v in task.model.state_dict().items()}
     segmented = _record(monkeypatch, "segment_video")
-    metrics = validate_stmae(task, cfg)
+    metrics = get("stmae").validate(task, cfg)
     _check(metrics)
     assert task.model.training
     assert all(torch.equal(before[k], v) for k, v in task.model.state_dict().items())  # nothing learned/updated

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 import json
+import os
 import time
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import ray.train
 import torch
 
 from conftest import pack_synthetic
+from shards.synth import write_davis
 from raytrain.checkpoints import (CHECKPOINT_GLOB, STATE_FILE, CheckpointError, load_checkpoint_state, read_manifest,
                                   write_checkpoint)
 from raytrain.config import SMTCConfig, STMAEConfig, to_dict
@@ -55,15 +57,43 @@ def test_a_saved_checkpoint_scores_as_the_model_it_was_saved_from(job, synth_dav
     assert f"[{job}] step 7/{cfg.steps} | val J&F {expected['val_jf']:.3f}" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("job", ["smtc", "stmae"])
+def test_a_validation_split_over_tasks_gives_the_numbers_of_one(job, ray_local, tmp_path):
+    """--val_tasks 2: two Ray tasks (other processes) score every other video each; the joined metrics are
+    exactly those of one pass over all the videos."""
+    write_davis(tmp_path / "davis", num_videos=4, num_frames=5, height=64, num_val=3, seed=4)
+    if job == "smtc":
+        cfg = SMTCConfig(num_slots=4, num_instance=2, resolution=64, val_data=str(tmp_path / "davis"))
+    else:
+        cfg = STMAEConfig(crop=64, val_data=str(tmp_path / "davis"))
+    method, calls = get(job), tmp_path / "calls"
+    calls.mkdir()
+    real = method.val_scores
+
+    def recorded(task, cfg, share):
+        (calls / f"{share[0]}-{share[1]}").write_text(str(os.getpid()))
+        return real(task, cfg, share)
+
+    task = method.task(cfg, "cpu")
+    expected = method.validate(task, cfg)
+    folder = write_checkpoint({"task": task.state_dict(), "step": 3, "job": job, "config": to_dict(cfg)})
+    split = to_dict(replace(cfg, val_tasks=2))
+    got = validate_checkpoint(ray.train.Checkpoint.from_directory(folder), method=replace(method, val_scores=recorded),
+                              cfg=split, run=str(tmp_path / "run"), tensorboard_dir=str(tmp_path / "tb"))
+    assert got == expected and 0 < got["val_jf"] < 1
+    pids = {p.name: int(p.read_text()) for p in calls.iterdir()}
+    assert sorted(pids) == ["0-2", "1-2"] and os.getpid() not in pids.values()
+
+
 def test_a_failed_validation_is_printed_recorded_and_raised(synth_davis, tmp_path, capsys):
     cfg = STMAEConfig(crop=64, val_data=str(synth_davis), val_videos=1)
     folder = write_checkpoint({"task": STMAETask(cfg, "cpu").state_dict(), "step": 4, "job": "stmae"})
 
-    def broken(task, cfg):
+    def broken(task, cfg, share):
         raise RuntimeError("CUDA out of memory\nmore")
 
     with pytest.raises(RuntimeError, match="out of memory"):
-        validate_checkpoint(ray.train.Checkpoint.from_directory(folder), method=replace(get("stmae"), validate=broken),
+        validate_checkpoint(ray.train.Checkpoint.from_directory(folder), method=replace(get("stmae"), val_scores=broken),
                             cfg=to_dict(cfg), run=str(tmp_path), tensorboard_dir=str(tmp_path / "tb"))
     assert "[stmae] step 4: validation failed: CUDA out of memory" in capsys.readouterr().out
     (record,) = read_records(str(tmp_path))
@@ -121,7 +151,7 @@ def test_validation_runs_while_training_goes_on(shards, tmp_path):
     spans.mkdir()
     scripted = {0: 0.5, 2: 0.9, 6: 0.1, 8: 0.2, 10: 0.3}
 
-    def scripted_validation(task, cfg):
+    def scripted_validation(task, cfg, share):
         state = task.optimizer.state_dict()["state"]
         step = int(next(iter(state.values()))["step"]) if state else 0  # the optimizer counts the steps
         start = time.time()
@@ -135,7 +165,7 @@ def test_validation_runs_while_training_goes_on(shards, tmp_path):
                       num_ref_frames=2, batch_size=1, max_skip=[3], max_skip_at=[0.0], num_workers=2, steps=10,
                       checkpoint_every=2, log_every=1, max_failures=0, num_to_keep=1, cpus_per_worker=0.5, decode_workers=1,
                       val_cpus=0.5, storage_path=str(tmp_path / "runs"), name="offpath")
-    result = fit(replace(get("stmae"), validate=scripted_validation), cfg)
+    result = fit(replace(get("stmae"), val_scores=scripted_validation, val_join=lambda parts: parts[0]), cfg)
     run = tmp_path / "runs" / "offpath"
 
     losses = _scalars(run / "tensorboard", "train/loss")

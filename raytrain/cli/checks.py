@@ -153,9 +153,10 @@ def check_private_workers(cfg: Any) -> None:
 def check_training(method: Method, cfg: Any, resume: bool = True) -> None:
     """Everything a training run (or every trial of a sweep) can be refused for before Ray starts."""
     check_flags(cfg)
-    if cfg.use_gpu and cluster_address() is None and not torch.cuda.is_available():
-        raise UsageError("--use_gpu: this machine has no GPU that torch can use, and no Ray cluster to join "
-                         "(RAY_ADDRESS or `ray start`)")
+    for name in ("use_gpu", "val_use_gpu"):  # a GPU task a private Ray cannot place would wait for ever
+        if getattr(cfg, name) and cluster_address() is None and not torch.cuda.is_available():
+            raise UsageError(f"--{name}: this machine has no GPU that torch can use, and no Ray cluster to join "
+                             "(RAY_ADDRESS or `ray start`)")
     check_storage("--storage_path", run_dir(cfg, method.name)[0])
     check_run_folder(method, cfg)
     check_private_workers(cfg)

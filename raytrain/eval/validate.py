@@ -11,11 +11,13 @@
 
 Numbers are fractions in [0, 1] (as in the official CSV files), averaged over objects as the DAVIS evaluator
 does. Serial, on the task's device; the model is switched to eval mode and back. It runs in a Ray task of its own
-on each checkpoint while training goes on (`raytrain.train.validation`), or with `--no-val_async` on rank 0 in
-the training loop.
+on each checkpoint while training goes on (`raytrain.train.validation`; with `--val_tasks n`, n tasks each score
+a share of the videos, `smtc_scores` / `stmae_scores`, and `join_scores` joins them), or with `--no-val_async`
+on rank 0 in the training loop.
 """
 from __future__ import annotations
 
+import itertools
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -29,12 +31,28 @@ from raytrain.eval.vos import VOSSettings, VOSVideo, segment_video
 from shards.layout import list_videos
 
 
-def _metrics(prefix: str, scores: list, videos: list, root: str) -> dict[str, float]:
+Share = tuple[int, int]  # (i, n): the i-th of n parts of the val videos (every n-th video from the i-th)
+ALL: Share = (0, 1)
+Scores = dict[str, list]  # metric prefix ("val", "val_disc") -> the `SequenceScores` of each video, in order
+
+
+def join_scores(parts: list[Scores]) -> dict[str, float]:
+    """The metrics of the shares (0, n) .. (n-1, n) scored apart, given in that order: the videos are put back in
+    the order one pass scores them, so the numbers are those of one pass."""
+    out: dict[str, float] = {}
+    for prefix in parts[0]:
+        shares = [p[prefix] for p in parts]
+        merged = [s for row in itertools.zip_longest(*shares) for s in row if s is not None]
+        report = combine(merged)
+        out |= {f"{prefix}_jf": report.jf_mean, f"{prefix}_j": report.j_mean, f"{prefix}_f": report.f_mean}
+    return out
+
+
+def _scored(scores: list, videos: list, root: str) -> list:
     missing = [v.id for v, s in zip(videos, scores) if s is None]
     if missing:
         raise ValueError(f"--val_data {root}: videos without annotations for every frame: {', '.join(missing)}")
-    report = combine(scores)
-    return {f"{prefix}_jf": report.jf_mean, f"{prefix}_j": report.j_mean, f"{prefix}_f": report.f_mean}
+    return scores
 
 
 def discovery_size(resolution: int) -> tuple[int, int]:
@@ -42,12 +60,12 @@ def discovery_size(resolution: int) -> tuple[int, int]:
     return resolution, max(16, round(resolution * 5 / 3 / 16) * 16)
 
 
-def _videos(cfg: Any, unsupervised: bool = False) -> list:
-    """The first `cfg.val_videos` val videos of `cfg.val_data` (0: all of them)."""
+def _videos(cfg: Any, unsupervised: bool = False, share: Share = ALL) -> list:
+    """`share` of the first `cfg.val_videos` val videos of `cfg.val_data` (0: all of them)."""
     videos = list_videos(cfg.val_data, "davis", "val", unsupervised=unsupervised)[:cfg.val_videos or None]
     if not videos:
         raise ValueError(f"--val_data {cfg.val_data}: no videos in ImageSets/2017/val.txt")
-    return videos
+    return videos[share[0]::share[1]]
 
 
 @contextmanager
@@ -61,24 +79,24 @@ def _evaluating(model: nn.Module) -> Iterator[torch.device]:
         model.train(was_training)
 
 
-def validate_smtc(task: Any, cfg: Any) -> dict[str, float]:
-    """SMTC's validation metrics of `task.model` on the first `cfg.val_videos` videos of `cfg.val_data`."""
-    videos = _videos(cfg)
+def smtc_scores(task: Any, cfg: Any, share: Share = ALL) -> Scores:
+    """SMTC's per-video scores of `task.model` on `share` of the validation videos."""
+    videos = _videos(cfg, share=share)
     with _evaluating(task.model) as device:
-        scores = [propagation_video(task.model.encoder, v, device, SMTC_A).scores for v in videos]
-        out = _metrics("val", scores, videos, cfg.val_data)
-        unsup = _videos(cfg, unsupervised=True)
-        if all(v.annotations for v in unsup):
+        out = {"val": _scored([propagation_video(task.model.encoder, v, device, SMTC_A).scores for v in videos],
+                              videos, cfg.val_data)}
+        unsup = _videos(cfg, unsupervised=True, share=share)
+        if all(v.annotations for v in _videos(cfg, unsupervised=True)):
             settings = DiscoverySettings(size=discovery_size(cfg.resolution), seed=cfg.seed)
-            scores = [discover_video(task.model, v, device, settings).scores for v in unsup]
-            out |= _metrics("val_disc", scores, unsup, cfg.val_data)
+            out["val_disc"] = _scored([discover_video(task.model, v, device, settings).scores for v in unsup],
+                                      unsup, cfg.val_data)
     return out
 
 
-def validate_stmae(task: Any, cfg: Any) -> dict[str, float]:
-    """STMAE's validation metrics of `task.model` on the first `cfg.val_videos` videos of `cfg.val_data`."""
-    videos = _videos(cfg)
+def stmae_scores(task: Any, cfg: Any, share: Share = ALL) -> Scores:
+    """STMAE's per-video scores of `task.model` on `share` of the validation videos."""
+    videos = _videos(cfg, share=share)
     with _evaluating(task.model) as device:
         settings = VOSSettings(size=cfg.val_size, amp=device.type == "cuda")
         scores = [segment_video(task.model, VOSVideo(v, "D17"), device, settings).scores for v in videos]
-    return _metrics("val", scores, videos, cfg.val_data)
+    return {"val": _scored(scores, videos, cfg.val_data)}

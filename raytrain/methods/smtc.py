@@ -11,7 +11,7 @@ from torch import nn
 
 from raytrain.config import SMALL_SWEEP, EvalSMTCConfig, SMTCConfig, SMTCSweepConfig
 from raytrain.eval.models import ModelSpec, fetched, new_model, run_state
-from raytrain.eval.validate import validate_smtc
+from raytrain.eval.validate import join_scores, smtc_scores
 from raytrain.method import Method
 from raytrain.models.vit import vit_small
 from raytrain.models.weights import load_smtc_weights, load_vit_weights, vit_state_dict
@@ -95,7 +95,8 @@ METHOD = Method(
     synthetic=("ytvos", "train"),  # upstream trains on unlabelled YouTube-VOS train frames
     loss_terms=("loss_cons", "loss_diff", "loss_inst", "valid_frac"),
     val_metrics=("val_jf", "val_j", "val_f", "val_disc_jf", "val_disc_j", "val_disc_f"),
-    validate=validate_smtc,
+    val_scores=smtc_scores,
+    val_join=join_scores,
     check_weights=check_weights,
     advice=advice,
     eval_model=eval_model,

@@ -9,7 +9,7 @@ import torch
 
 from raytrain.config import SMALL_SWEEP, EvalSTMAEConfig, STMAEConfig, STMAESweepConfig
 from raytrain.eval.models import ModelSpec, fetched, run_state
-from raytrain.eval.validate import validate_stmae
+from raytrain.eval.validate import join_scores, stmae_scores
 from raytrain.method import Method
 from raytrain.models.resnet_weights import load_resnet
 from raytrain.models.stmae import STMAE, checkpoint_weights, from_weights
@@ -82,7 +82,8 @@ METHOD = Method(
     synthetic=("davis", "train"),  # upstream trains on DAVIS-17 train, first-frame masks only
     loss_terms=("loss_ce", "loss_dice"),
     val_metrics=("val_jf", "val_j", "val_f"),
-    validate=validate_stmae,
+    val_scores=stmae_scores,
+    val_join=join_scores,
     check_weights=check_weights,
     advice=advice,
     eval_model=eval_model,

@@ -7,7 +7,9 @@ returns into that checkpoint's reported metrics (so `CheckpointConfig` ranks and
 goes on training, and waits for the last one before `fit` returns. The workers are never told the result, so
 the task itself records it: `<run>/curve/step_<NNNNNNNN>.json` (the metrics, or the error), the scalars in
 TensorBoard at the checkpoint's step, and the progress line on the console as it arrives. The start of a fresh
-run (step 0, no checkpoint) is scored by `validate_start`, a plain Ray task on the initial weights.
+run (step 0, no checkpoint) is scored by `validate_start`, a plain Ray task on the initial weights. With
+`--val_tasks n`, that task hands every n-th video to each of n Ray tasks of its own, each with `--val_cpus` (and
+a GPU with `--val_use_gpu`), and joins their scores in the order one task would score them (the same numbers).
 """
 from __future__ import annotations
 
@@ -97,16 +99,45 @@ def score_state(method: Method, cfg_dict: dict[str, Any], task_state: dict[str, 
     """Validate the model of a saved task state and publish the metrics (record, TensorBoard, console). A
     failure is printed and recorded, then raised (Train marks the checkpoint's validation failed)."""
     cfg = from_dict(method.config, cfg_dict)
-    device = torch.device("cuda" if cfg.val_use_gpu and torch.cuda.is_available() else "cpu")
     try:
-        task = method.task(cfg, device)
-        task.load_state_dict(task_state)
-        metrics = method.validate(task, cfg)
+        if cfg.val_tasks > 1:
+            state = ray.put(task_state)
+            score = ray.remote(_score_share).options(**_resources(cfg), max_retries=0)
+            parts = ray.get([score.remote(method, cfg_dict, state, (i, cfg.val_tasks))
+                             for i in range(cfg.val_tasks)])
+            metrics = method.val_join(parts)
+        else:
+            metrics = method.validate(_task(method, cfg, task_state), cfg)
     except Exception as e:  # noqa: BLE001 - reported, recorded, and re-raised for Train's bookkeeping
         _failed(method.name, step, run, e)
         raise
     _publish(method.name, cfg, step, metrics, run, tensorboard_dir)
     return metrics
+
+
+def _task(method: Method, cfg: Any, task_state: dict[str, Any]) -> Any:
+    device = torch.device("cuda" if cfg.val_use_gpu and torch.cuda.is_available() else "cpu")
+    task = method.task(cfg, device)
+    task.load_state_dict(task_state)
+    return task
+
+
+def _score_share(method: Method, cfg_dict: dict[str, Any], task_state: dict[str, Any], share: tuple[int, int]
+                 ) -> dict[str, list]:
+    """The per-video scores of `share` of the validation videos (one of `--val_tasks` Ray tasks)."""
+    cfg = from_dict(method.config, cfg_dict)
+    return method.val_scores(_task(method, cfg, task_state), cfg, share)
+
+
+def _resources(cfg: Any) -> dict[str, float]:
+    """What a task that scores videos reserves: `--val_cpus`, and a GPU with `--val_use_gpu`."""
+    return {"num_cpus": cfg.val_cpus, "num_gpus": 1 if cfg.val_use_gpu else 0}
+
+
+def _coordinator(cfg: Any) -> dict[str, float]:
+    """What the task that runs a validation reserves: a scorer's resources, or next to none where it only hands
+    the videos to `--val_tasks` scoring tasks and waits for them."""
+    return _resources(cfg) if cfg.val_tasks == 1 else {"num_cpus": 0.01, "num_gpus": 0}
 
 
 def _failed(method: str, step: int, run: str, e: BaseException) -> None:
@@ -146,14 +177,13 @@ def validation_config(method: Method, cfg: Any, cfg_dict: dict[str, Any], run: s
     fn = partial(validate_checkpoint, method=method, cfg=cfg_dict, run=run, tensorboard_dir=tensorboard_dir)
     return ray.train.ValidationConfig(
         fn=fn, task_config=ray.train.ValidationTaskConfig(timeout_s=cfg.val_timeout_s or None),
-        ray_remote_kwargs={"num_cpus": cfg.val_cpus, "num_gpus": 1 if cfg.val_use_gpu else 0, "max_retries": 0})
+        ray_remote_kwargs={**_coordinator(cfg), "max_retries": 0})
 
 
 def validate_start(method: Method, cfg: Any, cfg_dict: dict[str, Any], task_state: dict[str, Any], run: str,
                    tensorboard_dir: str) -> ray.ObjectRef:
     """Score the initial weights (step 0) in a Ray task; the caller goes on training."""
-    remote = ray.remote(score_state).options(num_cpus=cfg.val_cpus, num_gpus=1 if cfg.val_use_gpu else 0,
-                                             max_retries=0)
+    remote = ray.remote(score_state).options(**_coordinator(cfg), max_retries=0)
     return remote.remote(method, cfg_dict, task_state, 0, run, tensorboard_dir)
 
 
