@@ -186,7 +186,8 @@ def test_asha_stops_a_trial_on_val_jf_at_its_milestone(ray_head, tmp_path):
         "--reduction_factor", "2", "--num_slots", "2", "--num_instance", "2", "--gap", "2", "--lr", "1e-4",
         "--resolution", "32", "--batch_size", "1", "--num_workers", "1", "--clips_per_video", "2",
         "--grad_iter", "0", "--num_frames", "2"])
-    results, best = run_sweep(dataclasses.replace(SMTC_METHOD, val_scores=scripted, val_join=lambda parts: parts[0]), cfg)
+    scripted_method = dataclasses.replace(SMTC_METHOD, val_scores=scripted, val_join=lambda parts: parts[0])
+    results, best = run_sweep(scripted_method, cfg)
     rows = {r["trial"]: r for r in csv.DictReader((tmp_path / "sweeps" / "asha" / "trials.csv").open())}
     assert (rows["trial_000"]["status"], rows["trial_000"]["step"], rows["trial_000"]["val_jf"]) == ("done", "4", "0.9")
     assert (rows["trial_001"]["status"], rows["trial_001"]["step"], rows["trial_001"]["val_jf"]) == (

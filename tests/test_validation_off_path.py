@@ -93,7 +93,8 @@ def test_a_failed_validation_is_printed_recorded_and_raised(synth_davis, tmp_pat
         raise RuntimeError("CUDA out of memory\nmore")
 
     with pytest.raises(RuntimeError, match="out of memory"):
-        validate_checkpoint(ray.train.Checkpoint.from_directory(folder), method=replace(get("stmae"), val_scores=broken),
+        validate_checkpoint(ray.train.Checkpoint.from_directory(folder),
+                            method=replace(get("stmae"), val_scores=broken),
                             cfg=to_dict(cfg), run=str(tmp_path), tensorboard_dir=str(tmp_path / "tb"))
     assert "[stmae] step 4: validation failed: CUDA out of memory" in capsys.readouterr().out
     (record,) = read_records(str(tmp_path))
